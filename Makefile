@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+NODE_STAMP := node_modules/.installed-stamp
+
+HOST ?= 127.0.0.1
+PORT ?= 8091
+STATE_DIR ?= ./.agentkeys-dev
+
+.PHONY: install run test bench lock clean
+
+install: $(STAMP) $(NODE_STAMP)
+
+# Python: a venv with the pinned dependency set (constraints.txt is the lock).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+# Node: anvil (its binary ships in the optional dependency, so never --omit=optional) and solc-js.
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --prefer-offline
+	touch $@
+
+run: install
+	$(BIN)/agentkeys-broker dev --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR)
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: install
+	$(BIN)/python -m tests.bench --out docs/benchmarks.md
+
+# Re-resolve the pinned set after changing pyproject.toml bounds.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --disable-pip-version-check -q '.[dev]'
+	.lock-venv/bin/pip freeze --exclude agentkeys-broker > constraints.txt
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache

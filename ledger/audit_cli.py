@@ -1,0 +1,5 @@
+"""Command registration (filled in by the owning package)."""
+
+
+def register(subparsers) -> None:  # noqa: ANN001
+    return None

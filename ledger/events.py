@@ -1,0 +1,79 @@
+"""Ledger events: frozen msgspec Structs, one class per past-tense fact.
+
+Rules (design section 2): no floats; integers within +/-(2**53-1) (larger numbers such as wei
+amounts are decimal strings); ASCII object keys; secrets never enter an event raw. The `type` of a
+record is the class name; `data` is the Struct's fields. Every event class registers itself by
+name, so records read back decode to the same class. The catalogue with field meanings is
+docs/events.md; `tests/unit/ledger/test_events_catalogue.py` keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+from .errors import InvalidEventError
+
+_REGISTRY: dict[str, type["Event"]] = {}
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base class of every ledger event."""
+
+    registered: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__name__
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing is not cls and (
+            existing.__module__,
+            existing.__qualname__,
+        ) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"event type {name!r} is already registered by {existing.__module__}")
+        _REGISTRY[name] = cls
+
+    @property
+    def type_name(self) -> str:
+        return type(self).__name__
+
+    def to_data(self) -> dict[str, Any]:
+        return msgspec.to_builtins(self)
+
+
+def event_class(type_name: str) -> type[Event] | None:
+    return _REGISTRY.get(type_name)
+
+
+def decode_event(type_name: str, data: dict[str, Any]) -> Event:
+    cls = _REGISTRY.get(type_name)
+    if cls is None:
+        raise InvalidEventError(f"unknown event type {type_name!r}")
+    try:
+        return msgspec.convert(data, cls)
+    except msgspec.ValidationError as exc:
+        raise InvalidEventError(f"{type_name}: {exc}") from exc
+
+
+def registered_types() -> dict[str, type[Event]]:
+    return dict(_REGISTRY)
+
+
+# --- Identity and wallets -------------------------------------------------------------------
+
+WalletRole = Literal["master", "daemon"]
+
+
+class WalletBound(Event, frozen=True, kw_only=True):
+    """A wallet address was bound to an OmniAccount with a role.
+
+    `master`: the wallet's own OmniAccount (a SIWE sign-in). `daemon`: bound by a grant under the
+    master's OmniAccount, `parent_address` = the master. Within one OmniAccount the binding is
+    permanent: re-binding with the same role and parent is a no-op, a role flip or parent change
+    is refused (no event)."""
+
+    omni_account: str
+    address: str
+    role: WalletRole
+    parent_address: str | None = None

@@ -1,0 +1,59 @@
+"""`agentkeys-broker`: the one console script. Each command group registers itself from the
+package that owns it; heavy imports happen inside the handlers, so `audit verify` starts fast and
+never loads the writer's code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+# (module, function) pairs; each `register(subparsers)` adds its commands and sets
+# `handler=<callable(args) -> int>` on its parsers.
+_GROUPS = (
+    ("api.cli", "register"),          # serve, dev
+    ("ledger.audit_cli", "register"),  # audit export|verify
+    ("projections.cli", "register"),  # projections rebuild
+)
+
+
+class CommandError(Exception):
+    """An expected failure of a command: printed as one line, exit code `code`."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="agentkeys-broker",
+        description="AgentKeys credential broker: short-lived AWS credentials gated on an anchored, hash-chained ledger.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name, func in _GROUPS:
+        module = importlib.import_module(module_name)
+        getattr(module, func)(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(handler(args) or 0)
+    except CommandError as exc:
+        print(f"agentkeys-broker: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
