@@ -1,5 +1,143 @@
-"""Command registration (filled in by the owning package)."""
+"""`serve` and `dev`: the broker's HTTP process.
+
+`serve` takes its configuration from `BROKER_*` variables (api/config.py), refuses to start on a
+bad value with one `BOOT_FAIL` line (exit 1), and serves until SIGINT/SIGTERM.
+
+`dev` runs everything locally under one state directory: it points every `BROKER_*` path there,
+writes `DIR/dev.json` describing what it started, serves until SIGINT/SIGTERM, then stops every
+child process it started. Later parts (anvil, moto) add themselves as children.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("agentkeys.cli")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8091
 
 
-def register(subparsers) -> None:  # noqa: ANN001
-    return None
+def register(subparsers: Any) -> None:
+    serve = subparsers.add_parser("serve", help="run the broker (configuration from BROKER_* env)")
+    serve.add_argument("--host", default=DEFAULT_HOST)
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--skip-startup-check", action="store_true",
+                       help="skip the startup STS GetCallerIdentity check (offline development)")
+    serve.set_defaults(handler=_serve)
+
+    dev = subparsers.add_parser("dev", help="run the broker with every local part under one state directory")
+    dev.add_argument("--host", default=DEFAULT_HOST)
+    dev.add_argument("--port", type=int, default=DEFAULT_PORT)
+    dev.add_argument("--state-dir", default="./.agentkeys-dev", type=Path)
+    dev.set_defaults(handler=_dev)
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=os.environ.get("BROKER_LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _boot(env: dict[str, str]):  # noqa: ANN202
+    from ledger.errors import CommandError
+
+    from .config import BootFailure, BrokerConfig
+    from .runtime import Services
+
+    try:
+        config = BrokerConfig.from_env(env)
+        services = Services.build(config)
+    except BootFailure as exc:
+        raise CommandError(str(exc), code=1) from None
+    except Exception as exc:  # a store that cannot be opened is a boot failure, not a traceback
+        raise CommandError(f"BOOT_FAIL: startup failed: {type(exc).__name__}: {exc}", code=1) from None
+    return config, services
+
+
+def _run_server(services: Any, host: str, port: int) -> None:
+    import uvicorn
+
+    from .app import create_app
+
+    if not _is_loopback(host):
+        log.warning(
+            "broker is binding to a non-loopback address (%s) without TLS. Bearer tokens and minted AWS "
+            "credentials would traverse the network in cleartext. Terminate TLS at a reverse proxy "
+            "(nginx, ALB, Traefik) before exposing the broker.", host)
+    app = create_app(services)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=int(os.environ.get("BROKER_SHUTDOWN_GRACE_SECONDS", "30") or 30))
+    uvicorn.Server(config).run()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _configure_logging()
+    _, services = _boot(dict(os.environ))
+    _run_server(services, args.host, args.port)
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from ledger.errors import CommandError
+
+    _configure_logging()
+    state_dir: Path = args.state_dir.expanduser().resolve()
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"cannot create state directory {state_dir}: {exc.strerror}") from None
+    env = dict(os.environ)
+    env.update({
+        "BROKER_DATA_DIR": str(state_dir),
+        "BROKER_LEDGER_DB": str(state_dir / "ledger.sqlite"),
+        "BROKER_SQLITE_ANCHOR_DB": str(state_dir / "anchor.sqlite"),
+        "BROKER_PROJECTIONS_DB": str(state_dir / "projections.sqlite"),
+        "BROKER_AUDIT_ANCHORS": "sqlite",
+        "BROKER_DEV_MODE": "true",
+    })
+    config, services = _boot(env)
+    url = f"http://{args.host}:{args.port}"
+    info: dict[str, Any] = {
+        "url": url,
+        "state_dir": str(state_dir),
+        "ledger_db": str(config.ledger_db),
+        "anchor_db": str(config.anchor_db),
+        "projections_db": str(config.projections_db),
+        "pids": {"broker": os.getpid()},
+    }
+    dev_json = state_dir / "dev.json"
+    tmp = dev_json.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, dev_json)
+    print(
+        f"AgentKeys broker (dev) on {url}\n"
+        f"  state:  {state_dir}  (described in {dev_json})\n"
+        f"  try:    curl {url}/readyz ; curl {url}/v1/audit/head\n"
+        f"  audit:  agentkeys-broker audit verify --db {config.ledger_db} --anchor-db {config.anchor_db}\n"
+        f"  docs:   {url}/schema  (OpenAPI)\n"
+        "  stop:   Ctrl-C",
+        file=sys.stderr, flush=True,
+    )
+    children: list[Any] = []  # later parts (anvil, moto) are started here and recorded in dev.json
+    try:
+        _run_server(services, args.host, args.port)
+    finally:
+        for child in children:
+            child.stop()
+    return 0

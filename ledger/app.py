@@ -193,6 +193,20 @@ class Ledger:
                     raise
         raise AssertionError("unreachable")
 
+    def ready(self) -> "Readiness":
+        """Live check: the writer thread runs and the database file takes a write now."""
+        from .ports import Readiness
+
+        if self._closed:
+            return Readiness("unready", "ledger is closed")
+        if not self._writer.is_alive():
+            return Readiness("unready", "ledger writer thread has stopped")
+        try:
+            self.recorder.probe_write()
+        except Exception as exc:  # any driver or OS error means "cannot write now"
+            return Readiness("unready", f"ledger at {self.config.db_path} is not writable: {exc}")
+        return Readiness("ready", f"ledger: {self.config.db_path} (head seq {self._head.seq})")
+
     def close(self) -> None:
         if self._closed:
             return

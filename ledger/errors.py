@@ -44,3 +44,13 @@ class AnchorUnavailable(AnchorError):
 
 class AnchorConflict(AnchorError):
     """The anchor already holds a different hash for a seq it is asked to confirm."""
+
+
+class CommandError(Exception):
+    """An expected failure of a command-line command: printed as one line on stderr, exit `code`
+    (2 = usage or I/O error, 1 = the check ran and failed). Defined here, the innermost package, so
+    every package's commands can raise it without importing the CLI edge."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code

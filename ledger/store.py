@@ -172,6 +172,17 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
             cur.execute("RELEASE ledger_append")
             return exc
 
+    def probe_write(self) -> None:
+        """A real write transaction on a scratch table (readiness probe); short lock wait."""
+        conn = sqlite3.connect(self.datastore.pool.db_name, timeout=1.0, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("CREATE TABLE IF NOT EXISTS _readyz_probe (id INTEGER PRIMARY KEY, at REAL)")
+            conn.execute("INSERT OR REPLACE INTO _readyz_probe (id, at) VALUES (1, julianday('now'))")
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
     # --- reading ----------------------------------------------------------------------------
 
     def head(self) -> ChainHead:

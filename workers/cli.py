@@ -17,12 +17,9 @@ _GROUPS = (
 )
 
 
-class CommandError(Exception):
-    """An expected failure of a command: printed as one line, exit code `code`."""
+from ledger.errors import CommandError  # noqa: E402  (re-exported for the command modules)
 
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
+__all__ = ["CommandError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

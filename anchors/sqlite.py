@@ -1,0 +1,256 @@
+"""`SQLiteAnchor`: a witness of the chain in its own SQLite file (its own failure domain).
+
+Schema (an auditor reads `anchored` directly with sqlite3; keep its shape)::
+
+    anchored(seq INTEGER PRIMARY KEY, hash TEXT NOT NULL)      -- seq 1..N, one row per record
+    anchor_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)     -- format = agentkeys-sqlite-anchor/1
+    _readyz_probe(id INTEGER PRIMARY KEY)                      -- written by ready()
+
+Invariants:
+- `anchored` holds exactly seqs 1..max(seq): a batch is written only when it starts at or below
+  `max(seq) + 1` and links to the hash anchored below it (`anchors.errors.plan_submit`), inside
+  one `BEGIN IMMEDIATE` transaction that re-reads the position, so threads and processes sharing
+  the file never leave a gap or a duplicate. Hence `confirmed_upto() == max(seq)`.
+- A batch is all or nothing; `synchronous=FULL` in WAL mode, so a returned `submit` is durable.
+- The file is created only by the first successful open of this object; if it later vanishes it
+  is not silently re-created (a witness that lost its data must not re-witness from the ledger
+  without an operator noticing): operations raise `AnchorUnavailable` and `ready()` is unready.
+- Every `sqlite3`/OS error leaves the port as `AnchorUnavailable(...) from exc`, and drops the
+  cached connections so the next call reopens (recovery needs no restart).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+from ledger.chain import ChainRecord
+from ledger.ports import Readiness
+
+from .errors import AnchorUnavailable, check_batch, existing_range, plan_submit
+
+log = logging.getLogger("agentkeys.anchors.sqlite")
+
+FORMAT = "agentkeys-sqlite-anchor/1"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS anchored (seq INTEGER PRIMARY KEY, hash TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS anchor_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    f"INSERT OR IGNORE INTO anchor_meta (key, value) VALUES ('format', '{FORMAT}')",
+)
+
+T = TypeVar("T")
+
+
+class SQLiteAnchor:
+    def __init__(
+        self, path: Path | str, name: str = "sqlite", *, busy_timeout_s: float = 10.0, probe_timeout_s: float = 2.0
+    ) -> None:
+        self.name = name
+        self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+        self.probe_timeout_s = probe_timeout_s
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._writer: _Conn | None = None
+        self._reader: _Conn | None = None
+        self._opened_once = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._read_lock:
+                self._connection("reader")
+        except (AnchorUnavailable, OSError) as exc:  # report through ready(), do not crash startup
+            log.warning("sqlite anchor at %s is not usable yet: %s", self.path, exc)
+
+    # --- the port -------------------------------------------------------------------------
+
+    def submit(self, records: Sequence[ChainRecord]) -> None:
+        records = list(records)
+        check_batch(self.name, records)
+        if not records:
+            return
+        with self._write_lock:
+            self._run("writer", lambda conn: self._submit_tx(conn, records))
+
+    def confirmed_upto(self) -> int:
+        with self._read_lock:
+            return self._run("reader", _max_seq)
+
+    def verify(self, seq: int, hash: str) -> bool:
+        def q(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT hash FROM anchored WHERE seq = ?", (seq,)).fetchone()
+            return row is not None and row[0] == hash
+
+        with self._read_lock:
+            return self._run("reader", q)
+
+    def ready(self) -> Readiness:
+        """A live write probe on a fresh connection (a cached one could be holding a replaced or
+        deleted file open): the file must be a SQLite database with our schema, its directory
+        writable, and a write transaction must commit now."""
+        try:
+            self._probe()
+        except Exception as exc:
+            return Readiness("unready", f"sqlite anchor at {self.path} is not writable: {_reason(exc)}")
+        return Readiness("ready", f"sqlite: {self.path}")
+
+    # --- extras ---------------------------------------------------------------------------
+
+    def anchored_range(self, first: int, last: int) -> dict[int, str]:
+        """Anchored hashes for seqs first..last (inclusive), for receipts and audits."""
+        def q(conn: sqlite3.Connection) -> dict[int, str]:
+            rows = conn.execute("SELECT seq, hash FROM anchored WHERE seq BETWEEN ? AND ?", (first, last))
+            return dict(rows.fetchall())
+
+        with self._read_lock:
+            return self._run("reader", q)
+
+    def close(self) -> None:
+        """Close the cached connections (a later call reopens them)."""
+        with self._write_lock, self._read_lock:
+            for c in (self._writer, self._reader):
+                if c is not None:
+                    c.close()
+            self._writer = self._reader = None
+
+    def __enter__(self) -> "SQLiteAnchor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteAnchor({str(self.path)!r}, name={self.name!r})"
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _submit_tx(self, conn: sqlite3.Connection, records: list[ChainRecord]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            confirmed = _max_seq(conn)
+            span = existing_range(records, confirmed)
+            anchored: dict[int, str] = {}
+            if span:
+                rows = conn.execute("SELECT seq, hash FROM anchored WHERE seq BETWEEN ? AND ?", span)
+                anchored = dict(rows.fetchall())
+            new = plan_submit(self.name, records, confirmed, anchored)
+            if new:
+                conn.executemany("INSERT INTO anchored (seq, hash) VALUES (?, ?)", [(r.seq, r.hash) for r in new])
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _run(self, role: str, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `op` on the cached connection for `role` (caller holds that role's lock),
+        wrapping driver errors and dropping the connection after one."""
+        try:
+            return op(self._connection(role).conn)
+        except (sqlite3.Error, OSError) as exc:
+            self._drop(role)
+            raise AnchorUnavailable(f"{self.name}: sqlite anchor at {self.path}: {_reason(exc)}") from exc
+
+    def _connection(self, role: str) -> "_Conn":
+        cached: _Conn | None = getattr(self, f"_{role}")
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        if cached is not None and st is not None and cached.identity == (st.st_dev, st.st_ino):
+            return cached
+        if cached is not None:
+            self._drop(role)
+        if st is None and self._opened_once:
+            raise AnchorUnavailable(
+                f"{self.name}: sqlite anchor database {self.path} has vanished (not re-creating it)"
+            )
+        try:
+            conn = _open(self.path, create=not self._opened_once, timeout=self.busy_timeout_s)
+            st = os.stat(self.path)
+        except (sqlite3.Error, OSError) as exc:
+            raise AnchorUnavailable(f"{self.name}: cannot open sqlite anchor at {self.path}: {_reason(exc)}") from exc
+        self._opened_once = True
+        fresh = _Conn(conn, (st.st_dev, st.st_ino))
+        setattr(self, f"_{role}", fresh)
+        return fresh
+
+    def _drop(self, role: str) -> None:
+        cached: _Conn | None = getattr(self, f"_{role}")
+        if cached is not None:
+            cached.close()
+        setattr(self, f"_{role}", None)
+
+    def _probe(self) -> None:
+        if self._opened_once and not self.path.exists():
+            raise FileNotFoundError(f"{self.path} has vanished")
+        directory = self.path.parent
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(f"directory {directory} is not writable")
+        if self.path.exists():
+            if not os.access(self.path, os.R_OK | os.W_OK):
+                raise PermissionError(f"{self.path} is not writable")
+            with open(self.path, "rb") as f:
+                header = f.read(len(SQLITE_MAGIC))
+            if header and header != SQLITE_MAGIC:
+                raise sqlite3.DatabaseError("file is not a database")
+        conn = _open(self.path, create=not self._opened_once, timeout=self.probe_timeout_s)
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS _readyz_probe (id INTEGER PRIMARY KEY)")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("INSERT OR REPLACE INTO _readyz_probe (id) VALUES (1)")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            _max_seq(conn)
+        finally:
+            conn.close()
+        self._opened_once = True
+
+
+class _Conn:
+    __slots__ = ("conn", "identity")
+
+    def __init__(self, conn: sqlite3.Connection, identity: tuple[int, int]) -> None:
+        self.conn = conn
+        self.identity = identity
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except sqlite3.Error:  # closing a broken connection is best effort
+            pass
+
+
+def _open(path: Path, *, create: bool, timeout: float) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, synchronous=FULL, with
+    the schema in place. `create=False` refuses to create a missing file."""
+    uri = f"{Path(os.path.abspath(path)).as_uri()}?mode={'rwc' if create else 'rw'}"
+    conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"cannot switch to WAL (journal_mode={mode})")
+        conn.execute("PRAGMA synchronous=FULL")
+        for stmt in SCHEMA:
+            conn.execute(stmt)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _max_seq(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM anchored").fetchone()[0])
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

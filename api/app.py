@@ -1,0 +1,79 @@
+"""The Litestar application. `create_app(services)` is the HTTP composition: routes, error mapping,
+OpenAPI. Handlers are thin: they read projections/ledger through `Services` and return wire Structs.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from litestar import Litestar, MediaType, Response, get
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components  # noqa: F401  (kept for later security schemes)
+
+from .errors import EXCEPTION_HANDLERS
+from .readiness import evaluate
+from .runtime import Services
+from .schemas import AnchorPosition, AuditHead, ErrorBody, ReadinessBody
+
+
+def _services(state: State) -> Services:
+    return state.services
+
+
+@get("/healthz", media_type=MediaType.TEXT, sync_to_thread=False, summary="Liveness", tags=["status"])
+def healthz() -> str:
+    """200 `ok` while the process serves HTTP (no dependency is contacted)."""
+    return "ok"
+
+
+@get(
+    "/readyz",
+    summary="Readiness of every configured dependency",
+    tags=["status"],
+    responses={503: None},  # documented below through the same body shape
+    sync_to_thread=True,
+)
+def readyz(state: State) -> Response[ReadinessBody]:
+    """Checks each dependency live (ledger writable, each anchor, projections). 503 when a
+    required check is unready; the body lists the failing checks with a runbook link."""
+    code, body = evaluate(_services(state).readiness_checks())
+    return Response(content=body, status_code=code, media_type=MediaType.JSON)
+
+
+@get("/v1/audit/head", summary="Chain head and each anchor's confirmed position", tags=["audit"], sync_to_thread=True)
+def audit_head(state: State) -> AuditHead:
+    services = _services(state)
+    head = services.ledger.head()
+    anchors = {}
+    for anchor in services.anchors:
+        anchors[anchor.name] = AnchorPosition(confirmed_seq=services.pump.confirmed(anchor.name))
+    return AuditHead(seq=head.seq, hash=head.hash, anchors=anchors)
+
+
+def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            services.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                services.stop()
+
+    return Litestar(
+        route_handlers=[healthz, readyz, audit_head],
+        state=State({"services": services}),
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(
+            title="AgentKeys Broker",
+            version="0.1.0",
+            description="Short-lived AWS credentials for agents and daemons, released only after the audit anchors confirm the ledger event.",
+            path="/schema",
+        ),
+        signature_namespace={"ErrorBody": ErrorBody},
+        debug=False,
+    )

@@ -1,0 +1,115 @@
+"""The one place where errors become HTTP responses.
+
+Body: `{"error": kind, "message": text}` plus `"reason"` where a typed reason exists (design §4).
+Unexpected exceptions become 500 `internal` with no detail; a traceback never reaches a response.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+
+from ledger.errors import AnchorUnavailable, ConcurrencyConflict, InvalidEventError, LedgerUnavailable
+
+log = logging.getLogger("agentkeys.api")
+
+KIND_STATUS = {
+    "bad_request": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "conflict": 409,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "rate_limited": 429,
+    "internal": 500,
+    "sts_error": 502,
+    "backend_unreachable": 502,
+    "anchor_unavailable": 503,
+    "unavailable": 503,
+}
+
+_STATUS_KIND = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+                415: "unsupported_media_type", 429: "rate_limited"}
+
+
+class ApiError(Exception):
+    """An error with a wire kind, message and optional typed reason."""
+
+    def __init__(self, kind: str, message: str, *, reason: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.reason = reason
+        self.headers = headers or {}
+
+    @property
+    def status(self) -> int:
+        return KIND_STATUS[self.kind]
+
+
+def error_response(kind: str, message: str, *, reason: str | None = None, status: int | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
+    body: dict[str, str] = {"error": kind, "message": message}
+    if reason:
+        body["reason"] = reason
+    return Response(content=body, status_code=status or KIND_STATUS[kind], headers=headers or {},
+                    media_type="application/json")
+
+
+def _api_error(_: Request, exc: ApiError) -> Response:
+    return error_response(exc.kind, exc.message, reason=exc.reason, headers=exc.headers)
+
+
+def _http_exception(_: Request, exc: HTTPException) -> Response:
+    status = exc.status_code
+    kind = _STATUS_KIND.get(status, "internal" if status >= 500 else "bad_request")
+    if status >= 500:
+        return error_response("internal", "internal error", status=500)
+    detail = exc.detail if isinstance(exc.detail, str) else "bad request"
+    if isinstance(exc, ValidationException) and exc.extra:
+        # Name the offending fields, never echo values back.
+        keys = sorted({str(e.get("key", "")) for e in exc.extra if isinstance(e, dict) and e.get("key")})
+        if keys:
+            detail = f"{detail}: invalid field(s): {', '.join(keys)}"
+    headers = dict(getattr(exc, "headers", None) or {})
+    return error_response(kind, detail, status=status, headers=headers)
+
+
+def _ledger_unavailable(_: Request, exc: LedgerUnavailable) -> Response:
+    log.error("ledger unavailable: %s", exc)
+    return error_response("unavailable", "ledger unavailable; nothing was recorded", status=503)
+
+
+def _anchor_unavailable(_: Request, exc: AnchorUnavailable) -> Response:
+    log.error("anchor unavailable: %s", exc)
+    return error_response("anchor_unavailable", "audit anchor unavailable; nothing was released")
+
+
+def _conflict(_: Request, exc: ConcurrencyConflict) -> Response:
+    return error_response("conflict", "concurrent update; retry")
+
+
+def _invalid_event(_: Request, exc: InvalidEventError) -> Response:
+    return error_response("bad_request", str(exc))
+
+
+def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response("internal", "internal error")
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: _api_error,
+    NotFoundException: _http_exception,
+    HTTPException: _http_exception,
+    LedgerUnavailable: _ledger_unavailable,
+    AnchorUnavailable: _anchor_unavailable,
+    ConcurrencyConflict: _conflict,
+    InvalidEventError: _invalid_event,
+    Exception: _unexpected,
+}

@@ -1,0 +1,30 @@
+"""Every projection the broker maintains, by name. Later read models (grants, mints, quarantine,
+auth requests) add themselves here; the CLI, the workers and the API composition root build their
+runner from `all_projections()`."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .base import Projection
+from .errors import UnknownProjection
+from .wallets import WalletsProjection
+
+FACTORIES: dict[str, Callable[[], Projection]] = {
+    WalletsProjection.name: WalletsProjection,
+}
+
+
+def names() -> list[str]:
+    return list(FACTORIES)
+
+
+def all_projections() -> list[Projection]:
+    return [factory() for factory in FACTORIES.values()]
+
+
+def get(name: str) -> Projection:
+    try:
+        return FACTORIES[name]()
+    except KeyError:
+        raise UnknownProjection(name, names()) from None

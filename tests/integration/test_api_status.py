@@ -1,0 +1,143 @@
+"""/healthz, /readyz and /v1/audit/head over real HTTP through the Litestar app (uvicorn on a
+free loopback port), on real SQLite files."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from api.app import create_app
+from api.config import BrokerConfig
+from api.runtime import Services
+from ledger.events import WalletBound
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> BrokerConfig:
+    return BrokerConfig.from_env({"BROKER_DATA_DIR": str(tmp_path / "data"), "HOME": str(tmp_path)})
+
+
+@pytest.fixture
+def live(config: BrokerConfig):
+    with LiveServer(Services.build(config)) as server:
+        yield server
+
+
+def test_healthz_is_plain_ok(live: LiveServer) -> None:
+    r = httpx.get(live.url + "/healthz")
+    assert r.status_code == 200 and r.text == "ok"
+    assert r.headers["content-type"].startswith("text/plain")
+
+
+def test_readyz_lists_every_check_when_ready(live: LiveServer) -> None:
+    r = httpx.get(live.url + "/readyz")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body == {"status": "ready", "degraded": False, "checks": [], "ready": body["ready"]}
+    assert set(body["ready"]) == {"ledger", "anchor/sqlite", "projections"}
+
+
+def test_readyz_turns_unready_when_the_anchor_file_goes_away_and_back(live: LiveServer, config: BrokerConfig) -> None:
+    if os.geteuid() == 0:
+        # root ignores permission bits: make the anchor path unusable by replacing the file with a directory
+        backup = config.anchor_db.with_suffix(".bak")
+        os.replace(config.anchor_db, backup)
+        for suffix in ("-wal", "-shm"):
+            p = Path(str(config.anchor_db) + suffix)
+            if p.exists():
+                os.replace(p, Path(str(backup) + suffix))
+        config.anchor_db.mkdir()
+        try:
+            r = httpx.get(live.url + "/readyz")
+            assert r.status_code == 503, r.text
+            body = r.json()
+            assert body["status"] == "unready"
+            [check] = [c for c in body["checks"] if c["name"] == "anchor/sqlite"]
+            assert check["status"] == "unready" and check["docs"].endswith("#readyz-anchor-sqlite")
+            assert "ledger" in body["ready"]
+        finally:
+            config.anchor_db.rmdir()
+            os.replace(backup, config.anchor_db)
+            for suffix in ("-wal", "-shm"):
+                p = Path(str(backup) + suffix)
+                if p.exists():
+                    os.replace(p, Path(str(config.anchor_db) + suffix))
+    else:
+        mode = config.anchor_db.parent.stat().st_mode
+        config.anchor_db.parent.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        try:
+            assert httpx.get(live.url + "/readyz").status_code == 503
+        finally:
+            config.anchor_db.parent.chmod(mode)
+    r = httpx.get(live.url + "/readyz")
+    assert r.status_code == 200, r.text
+
+
+def test_audit_head_reports_the_chain_head_and_anchor_position(live: LiveServer) -> None:
+    r = httpx.get(live.url + "/v1/audit/head")
+    assert r.status_code == 200
+    assert r.json() == {"seq": 0, "hash": "0" * 64, "anchors": {"sqlite": {"confirmed_seq": 0}}}
+    ledger = live.services.ledger
+    recs = [ledger.append(uuid.uuid4(), 0, [WalletBound(omni_account="ab" * 32, address=f"0x{i:040x}", role="master")])[0]
+            for i in range(3)]
+    deadline = time.monotonic() + 10
+    while True:
+        body = httpx.get(live.url + "/v1/audit/head").json()
+        if body["anchors"]["sqlite"]["confirmed_seq"] == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert body == {"seq": 3, "hash": recs[-1].hash, "anchors": {"sqlite": {"confirmed_seq": 3}}}
+
+
+def test_unknown_route_is_a_json_404_without_traceback(live: LiveServer) -> None:
+    r = httpx.get(live.url + "/nope")
+    assert r.status_code == 404
+    assert r.json()["error"] == "not_found"
+    assert "Traceback" not in r.text
+
+
+def test_openapi_schema_is_served(live: LiveServer) -> None:
+    r = httpx.get(live.url + "/schema/openapi.json")
+    assert r.status_code == 200
+    paths = r.json()["paths"]
+    assert {"/healthz", "/readyz", "/v1/audit/head"} <= set(paths)

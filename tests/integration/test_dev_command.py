@@ -1,0 +1,59 @@
+"""`agentkeys-broker dev`: writes dev.json, serves, stops on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, cli_path
+from tests.integration.test_api_status import free_port
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_dev_writes_dev_json_serves_and_stops_on_signal(tmp_path: Path, sig: signal.Signals, subprocess_env) -> None:
+    state = tmp_path / "state"
+    port = free_port()
+    proc = subprocess.Popen([cli_path(), "dev", "--port", str(port), "--state-dir", str(state)],
+                            cwd=ROOT, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        info = None
+        while time.monotonic() < deadline:
+            if (state / "dev.json").exists():
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                        info = json.loads((state / "dev.json").read_text())
+                        break
+                except httpx.HTTPError:
+                    pass
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.1)
+        assert info is not None, "dev did not come up"
+        assert info["url"] == f"http://127.0.0.1:{port}"
+        assert Path(info["ledger_db"]).exists() and Path(info["anchor_db"]).exists()
+        assert info["pids"]["broker"] == proc.pid
+        assert httpx.get(info["url"] + "/readyz").status_code == 200
+        proc.send_signal(sig)
+        assert proc.wait(timeout=20) == 0
+        _, err = proc.communicate()
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_with_a_bad_setting_exits_1_with_one_boot_fail_line(tmp_path: Path, subprocess_env) -> None:
+    env = dict(subprocess_env, BROKER_DATA_DIR=str(tmp_path), BROKER_LEDGER_BATCH_MAX="0")
+    out = subprocess.run([cli_path(), "serve", "--port", str(free_port())], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, out.stderr
+    assert 'BOOT_FAIL: BROKER_LEDGER_BATCH_MAX="0": must be an integer in [1, 10000]; see runbook §ledger-batching' in lines[0]

@@ -1,0 +1,51 @@
+"""Imports point inward (design §1): checked in a fresh interpreter and statically."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+RULES = {
+    "ledger": {"api", "workers", "projections", "anchors"},
+    "projections": {"api", "workers", "anchors"},
+    "anchors": {"api", "workers", "projections"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(RULES))
+def test_package_imports_point_inward(package: str) -> None:
+    offenders = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        bad = _imports(path) & RULES[package]
+        if bad:
+            offenders.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_importing_the_ledger_loads_no_outer_package() -> None:
+    code = (
+        "import sys, importlib, pkgutil, ledger\n"
+        "for m in pkgutil.walk_packages(ledger.__path__, 'ledger.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('api','workers','projections','anchors','litestar','web3','sqlalchemy','boto3','apscheduler'))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"ledger pulled in: {out.stdout.strip()}"
