@@ -63,7 +63,7 @@ class SQLiteAnchor:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._read_lock:
-                self._connection("reader")
+                self._run("reader", _max_seq)
         except (AnchorUnavailable, OSError) as exc:  # report through ready(), do not crash startup
             log.warning("sqlite anchor at %s is not usable yet: %s", self.path, exc)
 
@@ -157,26 +157,26 @@ class SQLiteAnchor:
             raise AnchorUnavailable(f"{self.name}: sqlite anchor at {self.path}: {_reason(exc)}") from exc
 
     def _connection(self, role: str) -> "_Conn":
+        """The cached connection for `role`, reopened when the file under our name is no longer
+        the one it has open (replaced, moved) or no longer looks like a SQLite database: SQLite
+        itself would go on serving pages from its WAL over a file overwritten with garbage."""
+        identity = _file_identity(self.path)
         cached: _Conn | None = getattr(self, f"_{role}")
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            st = None
-        if cached is not None and st is not None and cached.identity == (st.st_dev, st.st_ino):
+        if cached is not None and identity is not None and cached.identity == identity:
             return cached
         if cached is not None:
             self._drop(role)
-        if st is None and self._opened_once:
+        if identity is None and self._opened_once:
             raise AnchorUnavailable(
                 f"{self.name}: sqlite anchor database {self.path} has vanished (not re-creating it)"
             )
-        try:
-            conn = _open(self.path, create=not self._opened_once, timeout=self.busy_timeout_s)
-            st = os.stat(self.path)
-        except (sqlite3.Error, OSError) as exc:
-            raise AnchorUnavailable(f"{self.name}: cannot open sqlite anchor at {self.path}: {_reason(exc)}") from exc
+        conn = _open(self.path, create=not self._opened_once, timeout=self.busy_timeout_s)
+        identity = _file_identity(self.path)
+        if identity is None:
+            conn.close()
+            raise FileNotFoundError(f"{self.path} vanished while opening")
         self._opened_once = True
-        fresh = _Conn(conn, (st.st_dev, st.st_ino))
+        fresh = _Conn(conn, identity)
         setattr(self, f"_{role}", fresh)
         return fresh
 
@@ -192,13 +192,8 @@ class SQLiteAnchor:
         directory = self.path.parent
         if not os.access(directory, os.W_OK | os.X_OK):
             raise PermissionError(f"directory {directory} is not writable")
-        if self.path.exists():
-            if not os.access(self.path, os.R_OK | os.W_OK):
-                raise PermissionError(f"{self.path} is not writable")
-            with open(self.path, "rb") as f:
-                header = f.read(len(SQLITE_MAGIC))
-            if header and header != SQLITE_MAGIC:
-                raise sqlite3.DatabaseError("file is not a database")
+        if _file_identity(self.path) is not None and not os.access(self.path, os.R_OK | os.W_OK):
+            raise PermissionError(f"{self.path} is not writable")
         conn = _open(self.path, create=not self._opened_once, timeout=self.probe_timeout_s)
         try:
             conn.execute("CREATE TABLE IF NOT EXISTS _readyz_probe (id INTEGER PRIMARY KEY)")
@@ -246,6 +241,23 @@ def _open(path: Path, *, create: bool, timeout: float) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, None if absent. Raises `sqlite3.DatabaseError` if
+    the file is not empty and does not start with the SQLite header."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        header = os.read(fd, len(SQLITE_MAGIC))
+    finally:
+        os.close(fd)
+    if header and header != SQLITE_MAGIC:
+        raise sqlite3.DatabaseError("file is not a database")
+    return (st.st_dev, st.st_ino)
 
 
 def _max_seq(conn: sqlite3.Connection) -> int:

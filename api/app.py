@@ -9,7 +9,7 @@ from typing import AsyncIterator
 
 from litestar import Litestar, MediaType, Response, get
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components  # noqa: F401  (kept for later security schemes)
 
 from .errors import EXCEPTION_HANDLERS
@@ -32,7 +32,7 @@ def healthz() -> str:
     "/readyz",
     summary="Readiness of every configured dependency",
     tags=["status"],
-    responses={503: None},  # documented below through the same body shape
+    responses={503: ResponseSpec(data_container=ReadinessBody, description="A required dependency is unready")},
     sync_to_thread=True,
 )
 def readyz(state: State) -> Response[ReadinessBody]:

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,10 +81,20 @@ def _run_server(services: Any, host: str, port: int) -> None:
             "broker is binding to a non-loopback address (%s) without TLS. Bearer tokens and minted AWS "
             "credentials would traverse the network in cleartext. Terminate TLS at a reverse proxy "
             "(nginx, ALB, Traefik) before exposing the broker.", host)
+    class _Server(uvicorn.Server):
+        """Graceful stop on SIGINT/SIGTERM, then a normal return (uvicorn would re-raise the
+        signal and kill the process before the caller stops its children)."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            else:
+                self.should_exit = True
+
     app = create_app(services)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=int(os.environ.get("BROKER_SHUTDOWN_GRACE_SECONDS", "30") or 30))
-    uvicorn.Server(config).run()
+    _Server(config).run()
 
 
 def _serve(args: argparse.Namespace) -> int:

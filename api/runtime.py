@@ -17,7 +17,7 @@ from ledger.config import LedgerConfig
 from ledger.ports import Anchor, Readiness
 from projections.db import make_engine
 from projections.runner import ProjectionRunner
-from projections.wallets import WalletsProjection
+from projections.registry import all_projections
 
 from .config import BrokerConfig
 from .readiness import Check
@@ -52,7 +52,7 @@ class Services:
             if name == "sqlite":
                 anchors.append(SQLiteAnchor(config.anchor_db))
         pump = AnchorPump(ledger, anchors)
-        runner = ProjectionRunner(ledger, make_engine(config.projections_db), [WalletsProjection()])
+        runner = ProjectionRunner(ledger, make_engine(config.projections_db), all_projections())
         return cls(config=config, ledger=ledger, anchors=anchors, pump=pump, projections=runner)
 
     def start(self) -> None:

@@ -27,7 +27,7 @@ from .chain import ChainHead, ChainRecord, format_at
 from .config import LedgerConfig
 from .errors import ConcurrencyConflict, InvalidEventError, LedgerUnavailable
 from .events import Event, decode_event
-from .store import ChainedSQLiteRecorder, PendingAppend, open_recorder
+from .store import ChainedSQLiteRecorder, PendingAppend, StreamAppend, open_recorder
 
 log = logging.getLogger("agentkeys.ledger")
 
@@ -66,21 +66,37 @@ class Ledger:
 
     def submit(self, stream: uuid.UUID, expected_version: int, events: Sequence[Event]) -> Future:
         """Queue an append; the future resolves to its `ChainRecord`s or raises."""
+        return self.submit_many([(stream, expected_version, events)])
+
+    def submit_many(self, parts: Sequence[tuple[uuid.UUID, int, Sequence[Event]]]) -> Future:
+        """Queue one atomic append across several streams: every part commits, or none does (a
+        concurrency conflict on any part fails the whole append). Records come back in order."""
         if self._closed:
             raise LedgerUnavailable("ledger is closed")
-        if not events:
-            raise InvalidEventError("an append needs at least one event")
+        if not parts or any(not events for _, _, events in parts):
+            raise InvalidEventError("an append needs at least one event per stream")
+        if len({stream for stream, _, _ in parts}) != len(parts):
+            raise InvalidEventError("an append names a stream twice")
         at = format_at(self.clock())
-        items = []
-        for event in events:
-            if not isinstance(event, Event):
-                raise InvalidEventError(f"{type(event).__name__} is not a ledger Event")
-            data = event.to_data()
-            validate(data, f"{event.type_name}")
-            items.append((event.type_name, data, at))
+        stream_parts = []
+        for stream, expected_version, events in parts:
+            items = []
+            for event in events:
+                if not isinstance(event, Event):
+                    raise InvalidEventError(f"{type(event).__name__} is not a ledger Event")
+                data = event.to_data()
+                validate(data, f"{event.type_name}")
+                items.append((event.type_name, data, at))
+            stream_parts.append(StreamAppend(stream, expected_version, tuple(items)))
         future: Future = Future()
-        self._queue.put(_Request(PendingAppend(stream, expected_version, tuple(items)), future))
+        self._queue.put(_Request(PendingAppend(tuple(stream_parts)), future))
         return future
+
+    def append_many(self, parts: Sequence[tuple[uuid.UUID, int, Sequence[Event]]]) -> list[ChainRecord]:
+        return self.submit_many(parts).result()
+
+    async def append_many_async(self, parts: Sequence[tuple[uuid.UUID, int, Sequence[Event]]]) -> list[ChainRecord]:
+        return await asyncio.wrap_future(self.submit_many(parts))
 
     def append(self, stream: uuid.UUID, expected_version: int, events: Sequence[Event]) -> list[ChainRecord]:
         return self.submit(stream, expected_version, events).result()

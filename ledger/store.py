@@ -63,12 +63,19 @@ SELECT_RECORDS = (
 
 
 @dataclass(frozen=True, slots=True)
-class PendingAppend:
-    """One append: events for one stream, written at versions expected_version+1, +2, ..."""
+class StreamAppend:
+    """Events for one stream, written at versions expected_version+1, +2, ..."""
 
     stream: uuid.UUID
     expected_version: int
     items: Sequence[tuple[str, dict[str, Any], str]]  # (type, data, at), data already validated
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAppend:
+    """One atomic append: all its parts (possibly several streams) commit together or not at all."""
+
+    parts: Sequence[StreamAppend]
 
 
 def state_bytes(at: str, data: dict[str, Any]) -> bytes:
@@ -123,48 +130,51 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
     def _append_one(
         self, cur: Any, pending: PendingAppend, head_seq: int, head_hash: str
     ) -> list[ChainRecord] | Exception:
-        stream_hex = pending.stream.hex
-        stream_str = str(pending.stream)
         cur.execute("SAVEPOINT ledger_append")
         try:
-            if pending.expected_version > 0:
-                cur.execute(
-                    "SELECT 1 FROM stored_events WHERE originator_id = ? AND originator_version = ?",
-                    (stream_hex, pending.expected_version),
-                )
-                if cur.fetchone() is None:
-                    raise ConcurrencyConflict(pending.stream, pending.expected_version, "stream is behind")
-            stored = []
-            records = []
-            version = pending.expected_version
+            records: list[ChainRecord] = []
             seq, prev = head_seq, head_hash
-            for type_name, data, at in pending.items:
-                version += 1
-                seq += 1
-                stored.append(
-                    StoredEvent(
-                        originator_id=pending.stream,
-                        originator_version=version,
-                        topic=type_name,
-                        state=state_bytes(at, data),
+            for part in pending.parts:
+                stream_hex = part.stream.hex
+                stream_str = str(part.stream)
+                if part.expected_version > 0:
+                    cur.execute(
+                        "SELECT 1 FROM stored_events WHERE originator_id = ? AND originator_version = ?",
+                        (stream_hex, part.expected_version),
                     )
+                    if cur.fetchone() is None:
+                        raise ConcurrencyConflict(part.stream, part.expected_version, "stream is behind")
+                stored = []
+                first = len(records)
+                version = part.expected_version
+                for type_name, data, at in part.items:
+                    version += 1
+                    seq += 1
+                    stored.append(
+                        StoredEvent(
+                            originator_id=part.stream,
+                            originator_version=version,
+                            topic=type_name,
+                            state=state_bytes(at, data),
+                        )
+                    )
+                    envelope = make_envelope(
+                        seq=seq, type=type_name, stream=stream_str, version=version, at=at, data=data, prev=prev
+                    )
+                    h = hash_canonical(canonical_bytes_unchecked(envelope))
+                    records.append(
+                        ChainRecord(seq=seq, type=type_name, stream=stream_str, version=version, at=at,
+                                    data=data, prev=prev, hash=h)
+                    )
+                    prev = h
+                try:
+                    self._insert_events(cur, stored)
+                except sqlite3.IntegrityError as exc:
+                    raise ConcurrencyConflict(part.stream, part.expected_version, "version already written") from exc
+                cur.executemany(
+                    "INSERT INTO ledger_records (seq, stream, version, prev, hash) VALUES (?, ?, ?, ?, ?)",
+                    [(r.seq, r.stream, r.version, r.prev, r.hash) for r in records[first:]],
                 )
-                envelope = make_envelope(
-                    seq=seq, type=type_name, stream=stream_str, version=version, at=at, data=data, prev=prev
-                )
-                h = hash_canonical(canonical_bytes_unchecked(envelope))
-                records.append(
-                    ChainRecord(seq=seq, type=type_name, stream=stream_str, version=version, at=at, data=data, prev=prev, hash=h)
-                )
-                prev = h
-            try:
-                self._insert_events(cur, stored)
-            except sqlite3.IntegrityError as exc:
-                raise ConcurrencyConflict(pending.stream, pending.expected_version, "version already written") from exc
-            cur.executemany(
-                "INSERT INTO ledger_records (seq, stream, version, prev, hash) VALUES (?, ?, ?, ?, ?)",
-                [(r.seq, r.stream, r.version, r.prev, r.hash) for r in records],
-            )
             cur.execute("RELEASE ledger_append")
             return records
         except ConcurrencyConflict as exc:

@@ -269,7 +269,7 @@ class ProjectionRunner:
             try:
                 n, new_pos, err = self._apply(name, low, prefix, entries)
             except Exception as exc:  # rolled back: neither rows nor position committed
-                log.error("projection %s failed after seq %d: %s", name, positions[name], exc)
+                log.debug("projection %s failed after seq %d: %s", name, positions[name], exc)
                 failed[name] = exc
                 continue
             if n:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 from ledger.events import WalletBound
 
 from .base import Applied, BaseProjection
-from .db import insert_ignore, reading
+from .db import bulk_insert_ignore, reading
 
 metadata = sa.MetaData()
 
@@ -45,17 +45,17 @@ class Wallet:
     bound_seq: int
 
 
-def _row_values(item: Applied) -> dict[str, Any]:
+def _row(item: Applied) -> tuple[Any, ...]:
+    """A `wallets` row, in the table's column order."""
     ev = item.event
-    assert isinstance(ev, WalletBound)
-    return {
-        "omni_account": ev.omni_account,
-        "address": ev.address.lower(),
-        "role": ev.role,
-        "parent_address": ev.parent_address.lower() if ev.parent_address else None,
-        "created_at": item.record.at,
-        "bound_seq": item.record.seq,
-    }
+    return (
+        ev.omni_account,
+        ev.address.lower(),
+        ev.role,
+        ev.parent_address.lower() if ev.parent_address else None,
+        item.record.at,
+        item.record.seq,
+    )
 
 
 class WalletsProjection(BaseProjection):
@@ -65,9 +65,8 @@ class WalletsProjection(BaseProjection):
     event_types = frozenset({"WalletBound"})
 
     def apply_batch(self, conn: Connection, items: Sequence[Applied]) -> None:
-        rows = [_row_values(item) for item in items if isinstance(item.event, WalletBound)]
-        if rows:
-            conn.execute(insert_ignore(conn, wallets), rows)  # one executemany per batch
+        rows = [_row(item) for item in items if isinstance(item.event, WalletBound)]
+        bulk_insert_ignore(conn, wallets, rows)  # one executemany per batch
 
 
 # --- queries -------------------------------------------------------------------------------------

@@ -172,3 +172,16 @@ def test_closed_ledger_refuses_appends(ledger_path: Path) -> None:
     led.close()
     with pytest.raises(LedgerUnavailable):
         led.append(uuid.uuid4(), 0, [bound(1)])
+
+
+def test_multi_stream_append_is_atomic(ledger: Ledger) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    ledger.append(b, 0, [_Probe(n=0)])
+    recs = ledger.append_many([(a, 0, [_Probe(n=1)]), (uuid.uuid4(), 0, [_Probe(n=2), _Probe(n=3)])])
+    assert [r.seq for r in recs] == [2, 3, 4]
+    with pytest.raises(ConcurrencyConflict):  # second part conflicts: the first part is not written either
+        ledger.append_many([(uuid.uuid4(), 0, [_Probe(n=4)]), (b, 0, [_Probe(n=5)])])
+    assert ledger.head().seq == 4
+    assert_chain(ledger.read())
+    with pytest.raises(InvalidEventError):
+        ledger.append_many([(a, 1, [_Probe(n=6)]), (a, 2, [_Probe(n=7)])])
