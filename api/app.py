@@ -14,6 +14,7 @@ from litestar.openapi.spec import Components  # noqa: F401  (kept for later secu
 
 from .errors import EXCEPTION_HANDLERS
 from .readiness import evaluate
+from .routes.auth_wallet import wallet_start, wallet_verify
 from .runtime import Services
 from .schemas import AnchorPosition, AuditHead, ErrorBody, ReadinessBody
 
@@ -64,7 +65,8 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
                 services.stop()
 
     return Litestar(
-        route_handlers=[healthz, readyz, audit_head],
+        route_handlers=[healthz, readyz, audit_head, wallet_start, wallet_verify],
+        request_max_body_size=services.config.body_limit_bytes,
         state=State({"services": services}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],

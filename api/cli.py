@@ -92,8 +92,8 @@ def _run_server(services: Any, host: str, port: int) -> None:
                 self.should_exit = True
 
     app = create_app(services)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=int(os.environ.get("BROKER_SHUTDOWN_GRACE_SECONDS", "30") or 30))
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, proxy_headers=False,
+                            timeout_graceful_shutdown=services.config.shutdown_grace_s)
     _Server(config).run()
 
 
@@ -114,7 +114,13 @@ def _dev(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CommandError(f"cannot create state directory {state_dir}: {exc.strerror}") from None
     env = dict(os.environ)
+    from .keys import dev_keyfile
+
+    url = f"http://{args.host}:{args.port}"
     env.update({
+        "BROKER_OIDC_ISSUER": url,
+        "BROKER_OIDC_KEYPAIR_PATH": str(dev_keyfile(state_dir, "oidc")),
+        "BROKER_SESSION_KEYPAIR_PATH": str(dev_keyfile(state_dir, "session")),
         "BROKER_DATA_DIR": str(state_dir),
         "BROKER_LEDGER_DB": str(state_dir / "ledger.sqlite"),
         "BROKER_SQLITE_ANCHOR_DB": str(state_dir / "anchor.sqlite"),
@@ -123,13 +129,15 @@ def _dev(args: argparse.Namespace) -> int:
         "BROKER_DEV_MODE": "true",
     })
     config, services = _boot(env)
-    url = f"http://{args.host}:{args.port}"
     info: dict[str, Any] = {
         "url": url,
         "state_dir": str(state_dir),
         "ledger_db": str(config.ledger_db),
         "anchor_db": str(config.anchor_db),
         "projections_db": str(config.projections_db),
+        "issuer": config.issuer,
+        "oidc_keypair": str(config.oidc_keypair_path),
+        "session_keypair": str(config.session_keypair_path),
         "pids": {"broker": os.getpid()},
     }
     dev_json = state_dir / "dev.json"

@@ -56,8 +56,39 @@ SETTINGS: tuple[Setting, ...] = (
             "ledger-batching", "ledger"),
     Setting("BROKER_LEDGER_BATCH_MAX_WAIT_MS", "0", "Group commit: longest wait for more appends to join a "
             "batch, milliseconds, [0, 1000].", "ledger-batching", "ledger"),
-    Setting("BROKER_DEV_MODE", "false", "`true` relaxes production-only checks. Never in production.", "dev-mode"),
+    Setting("BROKER_DEV_MODE", "false", "`true` relaxes production-only checks (an `http://` issuer). Never in "
+            "production.", "dev-mode"),
+    Setting("BROKER_OIDC_ISSUER", None, "Public base URL of the broker (required). `iss` of every token it signs, "
+            "the SIWE domain and URI. Must be `https://` unless `BROKER_DEV_MODE=true`.", "oidc-issuer", "auth"),
+    Setting("BROKER_OIDC_KEYPAIR_PATH", None, "OIDC signing keypair file (`keygen --purpose oidc`). Default "
+            "`$HOME/.agentkeys/broker/oidc-keypair.json`.", "oidc-keypair", "auth"),
+    Setting("BROKER_SESSION_KEYPAIR_PATH", None, "Session JWT signing keypair file (`keygen --purpose session`), a "
+            "different file from the OIDC one. Default `$HOME/.agentkeys/broker/session-keypair.json`.",
+            "session-keypair", "auth"),
+    Setting("BROKER_SESSION_JWT_TTL_SECONDS", "18000", "Session JWT lifetime, seconds, [60, 86400].", "session-jwt-ttl", "auth"),
+    Setting("BROKER_AUTH_METHODS", "wallet_sig", "Comma list of enabled sign-in methods: `wallet_sig` (SIWE).",
+            "auth-methods", "auth"),
+    Setting("BROKER_SIWE_CHAIN_IDS", "84532,8453", "Chain ids a SIWE sign-in may name (Base Sepolia, Base).",
+            "siwe-chain-ids", "auth"),
+    Setting("BROKER_RATE_LIMIT_CHALLENGES_PER_HOUR_PER_IP", "60", "SIWE challenges one client IP may start per "
+            "hour, [1, 1000000]; beyond it 429 with Retry-After.", "rate-limits", "limits"),
+    Setting("BROKER_RATE_LIMIT_FAILED_VERIFIES_PER_HOUR_PER_IP", "30", "Failed sign-in verifications one client IP "
+            "may make per hour, [1, 1000000]; beyond it 429 with Retry-After.", "rate-limits", "limits"),
+    Setting("BROKER_TRUSTED_PROXIES", "", "Comma list of proxy addresses/networks whose `X-Forwarded-For` is "
+            "believed (client IP for rate limits). Empty: the socket peer is the client.", "trusted-proxies", "limits"),
+    Setting("BROKER_REQUEST_BODY_LIMIT_BYTES", "1048576", "Largest request body, bytes, [1024, 16777216]; larger "
+            "bodies get 413.", "request-body-limit", "limits"),
+    Setting("BROKER_SHUTDOWN_GRACE_SECONDS", "30", "On SIGTERM, how long in-flight requests may finish, [0, 3600].",
+            "graceful-shutdown"),
+    Setting("BROKER_AUDIT_POLICY", "dual_strict", "Which anchors must confirm a release before the response: "
+            "`dual_strict` (all), `sqlite_primary`, `evm_primary`.", "audit-policy", "audit"),
+    Setting("BROKER_ANCHOR_DEADLINE_MS", "10000", "Longest wait for the required anchors inside a request, "
+            "milliseconds, [100, 120000]; past it 503 `anchor_unavailable`, nothing released.", "anchor-deadline", "audit"),
 )
+
+AUTH_METHODS_BUILT = ("wallet_sig",)
+AUTH_METHODS_KNOWN = ("wallet_sig", "email_link", "oauth2_google")
+POLICIES = ("dual_strict", "sqlite_primary", "evm_primary")
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -110,6 +141,78 @@ def _anchors(env: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _issuer(env: Mapping[str, str], dev_mode: bool) -> str:
+    raw = env.get("BROKER_OIDC_ISSUER")
+    if raw is None or not raw.strip():
+        raise BootFailure("BROKER_OIDC_ISSUER", None, "required: the broker's public base URL", "oidc-issuer")
+    issuer = raw.strip().rstrip("/")
+    if not (issuer.startswith("https://") or issuer.startswith("http://")) or "://" not in issuer or not issuer.split("://", 1)[1]:
+        raise BootFailure("BROKER_OIDC_ISSUER", raw, "must be an absolute https:// URL", "oidc-issuer")
+    if issuer.startswith("http://") and not dev_mode:
+        raise BootFailure("BROKER_OIDC_ISSUER", raw,
+                          "must be https:// in non-dev mode (set BROKER_DEV_MODE=true to relax)", "oidc-issuer")
+    if any(c.isspace() for c in issuer) or "#" in issuer or "?" in issuer:
+        raise BootFailure("BROKER_OIDC_ISSUER", raw, "must not contain whitespace, a query or a fragment", "oidc-issuer")
+    return issuer
+
+
+def _auth_methods(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = _get(env, "BROKER_AUTH_METHODS") or ""
+    methods: list[str] = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if part not in AUTH_METHODS_BUILT:
+            raise BootFailure("BROKER_AUTH_METHODS", env.get("BROKER_AUTH_METHODS"),
+                              f"unknown or unavailable auth method {part!r} (available: {', '.join(AUTH_METHODS_BUILT)})",
+                              "auth-method-not-compiled")
+        if part not in methods:
+            methods.append(part)
+    if not methods:
+        raise BootFailure("BROKER_AUTH_METHODS", env.get("BROKER_AUTH_METHODS"),
+                          "at least one auth method must be enabled (default `wallet_sig`)", "auth-method-empty")
+    return tuple(methods)
+
+
+def _chain_ids(env: Mapping[str, str]) -> tuple[int, ...]:
+    raw = _get(env, "BROKER_SIWE_CHAIN_IDS") or ""
+    ids: list[int] = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = int(part)
+        except ValueError:
+            value = -1
+        if not 1 <= value <= 2**53 - 1:
+            raise BootFailure("BROKER_SIWE_CHAIN_IDS", env.get("BROKER_SIWE_CHAIN_IDS"),
+                              f"chain id {part!r} is not a positive integer", "siwe-chain-ids")
+        ids.append(value)
+    if not ids:
+        raise BootFailure("BROKER_SIWE_CHAIN_IDS", env.get("BROKER_SIWE_CHAIN_IDS"),
+                          "at least one chain id is required", "siwe-chain-ids")
+    return tuple(ids)
+
+
+def _proxies(env: Mapping[str, str]) -> tuple[Any, ...]:
+    import ipaddress
+
+    raw = _get(env, "BROKER_TRUSTED_PROXIES") or ""
+    nets = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise BootFailure("BROKER_TRUSTED_PROXIES", env.get("BROKER_TRUSTED_PROXIES"),
+                              f"{part!r} is not an IP address or network", "trusted-proxies") from None
+    return tuple(nets)
+
+
 @dataclass(frozen=True)
 class BrokerConfig:
     data_dir: Path
@@ -120,7 +223,33 @@ class BrokerConfig:
     ledger_batch_max: int = 256
     ledger_batch_max_wait_ms: int = 0
     dev_mode: bool = False
+    issuer: str = "http://127.0.0.1:8091"
+    oidc_keypair_path: Path = Path("oidc-keypair.json")
+    session_keypair_path: Path = Path("session-keypair.json")
+    session_jwt_ttl_s: int = 18000
+    auth_methods: tuple[str, ...] = ("wallet_sig",)
+    siwe_chain_ids: tuple[int, ...] = (84532, 8453)
+    challenges_per_hour_per_ip: int = 60
+    failed_verifies_per_hour_per_ip: int = 30
+    trusted_proxies: tuple[Any, ...] = ()
+    body_limit_bytes: int = 1048576
+    shutdown_grace_s: int = 30
+    audit_policy: str = "dual_strict"
+    anchor_deadline_ms: int = 10000
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def siwe_domain(self) -> str:
+        rest = self.issuer.split("://", 1)[-1]
+        return rest.split("/", 1)[0]
+
+    @property
+    def required_anchors(self) -> tuple[str, ...]:
+        """Anchors that must confirm a release before the response, by policy (design §3)."""
+        if self.audit_policy == "dual_strict":
+            return self.anchors
+        primary = "sqlite" if self.audit_policy == "sqlite_primary" else "evm"
+        return (primary,)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "BrokerConfig":
@@ -136,15 +265,52 @@ class BrokerConfig:
             raw = _get(env, name)
             return Path(raw).expanduser() if raw else data_dir / default_name
 
+        home = Path(env.get("HOME") or ".")
+        anchors = _anchors(env)
+        policy = (_get(env, "BROKER_AUDIT_POLICY") or "").strip()
+        if policy not in POLICIES:
+            raise BootFailure("BROKER_AUDIT_POLICY", env.get("BROKER_AUDIT_POLICY"),
+                              f"unknown BROKER_AUDIT_POLICY: {policy} (expected dual_strict | sqlite_primary | evm_primary)",
+                              "audit-policy")
+        primary = {"sqlite_primary": "sqlite", "evm_primary": "evm"}.get(policy)
+        if primary is not None and primary not in anchors:
+            raise BootFailure("BROKER_AUDIT_POLICY", env.get("BROKER_AUDIT_POLICY"),
+                              f"policy {policy} needs the {primary} anchor in BROKER_AUDIT_ANCHORS", "audit-policy")
+        dev_mode = _bool(env, "BROKER_DEV_MODE")
+        issuer = _issuer(env, dev_mode)
+
+        def keypath(name: str, default_name: str) -> Path:
+            raw = _get(env, name)
+            return Path(raw).expanduser() if raw else home / ".agentkeys" / "broker" / default_name
+
+        oidc_path = keypath("BROKER_OIDC_KEYPAIR_PATH", "oidc-keypair.json")
+        session_path = keypath("BROKER_SESSION_KEYPAIR_PATH", "session-keypair.json")
+        if oidc_path.expanduser().resolve() == session_path.expanduser().resolve():
+            raise BootFailure("BROKER_SESSION_KEYPAIR_PATH", str(session_path),
+                              "must be a different file from BROKER_OIDC_KEYPAIR_PATH (two keypairs, two purposes)",
+                              "session-keypair")
         return cls(
+            issuer=issuer,
+            oidc_keypair_path=oidc_path,
+            session_keypair_path=session_path,
+            session_jwt_ttl_s=_int(env, "BROKER_SESSION_JWT_TTL_SECONDS", 60, 86400),
+            auth_methods=_auth_methods(env),
+            siwe_chain_ids=_chain_ids(env),
+            challenges_per_hour_per_ip=_int(env, "BROKER_RATE_LIMIT_CHALLENGES_PER_HOUR_PER_IP", 1, 1_000_000),
+            failed_verifies_per_hour_per_ip=_int(env, "BROKER_RATE_LIMIT_FAILED_VERIFIES_PER_HOUR_PER_IP", 1, 1_000_000),
+            trusted_proxies=_proxies(env),
+            body_limit_bytes=_int(env, "BROKER_REQUEST_BODY_LIMIT_BYTES", 1024, 16 * 1024 * 1024),
+            shutdown_grace_s=_int(env, "BROKER_SHUTDOWN_GRACE_SECONDS", 0, 3600),
+            audit_policy=policy,
+            anchor_deadline_ms=_int(env, "BROKER_ANCHOR_DEADLINE_MS", 100, 120_000),
             data_dir=data_dir,
             ledger_db=path("BROKER_LEDGER_DB", "ledger.sqlite"),
             anchor_db=path("BROKER_SQLITE_ANCHOR_DB", "anchor.sqlite"),
             projections_db=path("BROKER_PROJECTIONS_DB", "projections.sqlite"),
-            anchors=_anchors(env),
+            anchors=anchors,
             ledger_batch_max=_int(env, "BROKER_LEDGER_BATCH_MAX", 1, 10000),
             ledger_batch_max_wait_ms=_int(env, "BROKER_LEDGER_BATCH_MAX_WAIT_MS", 0, 1000),
-            dev_mode=_bool(env, "BROKER_DEV_MODE"),
+            dev_mode=dev_mode,
         )
 
     def check_paths(self) -> None:

@@ -72,10 +72,15 @@ def _http_exception(_: Request, exc: HTTPException) -> Response:
         return error_response("internal", "internal error", status=500)
     detail = exc.detail if isinstance(exc.detail, str) else "bad request"
     if isinstance(exc, ValidationException) and exc.extra:
-        # Name the offending fields, never echo values back.
-        keys = sorted({str(e.get("key", "")) for e in exc.extra if isinstance(e, dict) and e.get("key")})
-        if keys:
-            detail = f"{detail}: invalid field(s): {', '.join(keys)}"
+        # msgspec's messages name the field and the expected type, never the value sent.
+        parts = []
+        for e in exc.extra if isinstance(exc.extra, list) else []:
+            if isinstance(e, dict):
+                msg = str(e.get("message", "invalid"))[:200]
+                key = e.get("key")
+                parts.append(f"{key}: {msg}" if key and key != "data" else msg)
+        if parts:
+            detail = "bad request: " + "; ".join(parts)
     headers = dict(getattr(exc, "headers", None) or {})
     return error_response(kind, detail, status=status, headers=headers)
 

@@ -1,31 +1,55 @@
 """The composition root of a broker process: builds every component from `BrokerConfig`.
 
-`Services.build(config)` opens the ledger, the configured anchors, the anchor pump and the
-projection runner; `start()`/`stop()` run and stop their background threads. Nothing else
-constructs concrete adapters.
+`Services.build(config)` runs the boot checks in order (seed-spec §F.2, Tier 1: keys, ledger,
+anchors, policy), opens everything, records the signing keys in use, and wires the services the
+routes call. `start()`/`stop()` run and stop the background threads. Nothing else constructs
+concrete adapters.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from anchors.sqlite import SQLiteAnchor
+from ledger.aggregates import SigningKey
 from ledger.anchoring import AnchorPump
 from ledger.app import Ledger
 from ledger.config import LedgerConfig
+from ledger.gate import ReleaseGate
 from ledger.ports import Anchor, Readiness
 from projections.db import make_engine
-from projections.runner import ProjectionRunner
 from projections.registry import all_projections
+from projections.runner import ProjectionRunner
 
-from .config import BrokerConfig
+from .auth.session_jwt import SessionSigner
+from .auth.wallet import WalletAuth
+from .client_ip import client_ip
+from .config import BootFailure, BrokerConfig
+from .errors import ApiError
+from .keys import KeyFileError, Keyring, load_keyring
+from .ratelimit import RateLimiter
 from .readiness import Check
 
 log = logging.getLogger("agentkeys.runtime")
 
 # A projection further behind the ledger head than this is reported degraded.
 PROJECTION_LAG_DEGRADED = 1000
+HOUR = 3600
+
+
+def _load_keys(config: BrokerConfig) -> tuple[Keyring, Keyring]:
+    out = []
+    for var, path, purpose in (
+        ("BROKER_OIDC_KEYPAIR_PATH", config.oidc_keypair_path, "oidc"),
+        ("BROKER_SESSION_KEYPAIR_PATH", config.session_keypair_path, "session"),
+    ):
+        try:
+            out.append(load_keyring(path, purpose))
+        except KeyFileError as exc:
+            raise BootFailure(var, str(path), exc.reason, exc.anchor) from None
+    return out[0], out[1]
 
 
 @dataclass
@@ -35,10 +59,18 @@ class Services:
     anchors: list[Anchor]
     pump: AnchorPump
     projections: ProjectionRunner
+    oidc_keys: Keyring
+    session_keys: Keyring
+    signer: SessionSigner
+    gate: ReleaseGate
+    wallet_auth: WalletAuth
+    challenge_limiter: RateLimiter
+    failed_verify_limiter: RateLimiter
     _started: bool = field(default=False, repr=False)
 
     @classmethod
     def build(cls, config: BrokerConfig) -> "Services":
+        oidc_keys, session_keys = _load_keys(config)
         config.check_paths()
         ledger = Ledger(
             LedgerConfig(
@@ -47,13 +79,40 @@ class Services:
                 batch_max_wait_ms=float(config.ledger_batch_max_wait_ms),
             )
         )
-        anchors: list[Anchor] = []
-        for name in config.anchors:
-            if name == "sqlite":
-                anchors.append(SQLiteAnchor(config.anchor_db))
-        pump = AnchorPump(ledger, anchors)
-        runner = ProjectionRunner(ledger, make_engine(config.projections_db), all_projections())
-        return cls(config=config, ledger=ledger, anchors=anchors, pump=pump, projections=runner)
+        try:
+            anchors: list[Anchor] = []
+            for name in config.anchors:
+                if name == "sqlite":
+                    try:
+                        anchors.append(SQLiteAnchor(config.anchor_db))
+                    except Exception as exc:
+                        raise BootFailure("BROKER_SQLITE_ANCHOR_DB", str(config.anchor_db),
+                                          f"cannot open the SQLite anchor: {exc}", "sqlite-anchor-db") from None
+            pump = AnchorPump(ledger, anchors)
+            runner = ProjectionRunner(ledger, make_engine(config.projections_db), all_projections())
+            gate = ReleaseGate(anchors, config.required_anchors, config.anchor_deadline_ms, waiter=pump.waiter)
+            signer = SessionSigner(session_keys, config.issuer, config.session_jwt_ttl_s)
+            wallet_auth = WalletAuth(ledger=ledger, signer=signer, gate=gate, domain=config.siwe_domain,
+                                     uri=config.issuer, chain_ids=config.siwe_chain_ids)
+            services = cls(
+                config=config, ledger=ledger, anchors=anchors, pump=pump, projections=runner,
+                oidc_keys=oidc_keys, session_keys=session_keys, signer=signer, gate=gate, wallet_auth=wallet_auth,
+                challenge_limiter=RateLimiter(config.challenges_per_hour_per_ip, HOUR),
+                failed_verify_limiter=RateLimiter(config.failed_verifies_per_hour_per_ip, HOUR),
+            )
+            services.record_signing_keys()
+        except BaseException:
+            ledger.close()
+            raise
+        return services
+
+    def record_signing_keys(self) -> None:
+        """Every key in use is a `SigningKeyRotated` record (idempotent), so the broker's
+        signatures verify offline from a ledger export."""
+        for keyring in (self.oidc_keys, self.session_keys):
+            for event in keyring.signing_key_events():
+                self.ledger.execute(SigningKey, SigningKey.stream_for(event.purpose, event.kid),
+                                    lambda agg, e=event: agg.record(e))
 
     def start(self) -> None:
         if self._started:
@@ -75,12 +134,54 @@ class Services:
     def anchor(self, name: str) -> Anchor | None:
         return next((a for a in self.anchors if a.name == name), None)
 
+    # --- rate limits (per client IP) ---------------------------------------------------------
+
+    def client_ip(self, request: Any) -> str:
+        peer = request.client.host if request.client else None
+        return client_ip(peer, request.headers, self.config.trusted_proxies)
+
+    def limit_challenge_start(self, request: Any) -> None:
+        decision = self.challenge_limiter.check(self.client_ip(request))
+        if not decision.allowed:
+            raise ApiError("rate_limited", "rate limited: too many sign-in challenges from this address",
+                           reason="challenges_per_ip", headers={"Retry-After": str(decision.retry_after_seconds)})
+
+    def check_failed_verify_budget(self, request: Any) -> str:
+        key = self.client_ip(request)
+        decision = self.failed_verify_limiter.peek(key)
+        if not decision.allowed:
+            raise ApiError("rate_limited", "rate limited: too many failed sign-in verifications from this address",
+                           reason="failed_verifies_per_ip", headers={"Retry-After": str(decision.retry_after_seconds)})
+        return key
+
+    def count_failed_verify(self, key: str) -> None:
+        self.failed_verify_limiter.check(key)
+
+    # --- readiness ---------------------------------------------------------------------------
+
     def readiness_checks(self) -> list[Check]:
         checks = [Check("ledger", self.ledger.ready)]
         for anchor in self.anchors:
             checks.append(Check(f"anchor/{anchor.name}", anchor.ready))
+        checks.append(Check("keys/session", lambda: self._keys_ready(self.session_keys, "session")))
+        checks.append(Check("keys/oidc", lambda: self._keys_ready(self.oidc_keys, "oidc")))
+        for method in self.config.auth_methods:
+            checks.append(Check(f"auth/{method}", self.ledger.ready))
         checks.append(Check("projections", self._projections_ready, required=False))
         return checks
+
+    def _keys_ready(self, keyring: Keyring, purpose: str) -> Readiness:
+        """The key file on disk still loads with the same active key (a deleted, re-permissioned
+        or swapped file turns this unready; the loaded key keeps signing meanwhile)."""
+        path = self.config.session_keypair_path if purpose == "session" else self.config.oidc_keypair_path
+        try:
+            on_disk = load_keyring(path, purpose)
+        except KeyFileError as exc:
+            return Readiness("unready", f"{purpose} keypair at {path}: {exc.reason}")
+        if on_disk.active.kid != keyring.active.kid:
+            return Readiness("degraded", f"{purpose} keypair on disk is {on_disk.active.kid}; the broker signs with "
+                                         f"{keyring.active.kid} until restarted")
+        return Readiness("ready", f"{purpose} key {keyring.active.kid}")
 
     def _projections_ready(self) -> Readiness:
         lag = self.projections.lag()

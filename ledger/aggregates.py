@@ -13,7 +13,17 @@ import uuid
 from typing import ClassVar, Self
 
 from .errors import LedgerError
-from .events import Event, WalletBound, WalletRole
+from .events import (
+    AuthChallengeIssued,
+    AuthFailed,
+    AuthSucceeded,
+    Event,
+    SessionIssued,
+    SessionWithheld,
+    SigningKeyRotated,
+    WalletBound,
+    WalletRole,
+)
 
 # Namespace for deterministic stream ids: uuid5(NAMESPACE, "<kind>:<natural key>").
 STREAM_NAMESPACE = uuid.UUID("5f0c3a52-8a0e-4c55-9a3b-6d1f4e2b7c90")
@@ -80,3 +90,91 @@ class WalletBinding(Aggregate):
             + (f" under {self.bound.parent_address}" if self.bound.parent_address else "")
             + f" in {omni_account}; refusing {role}" + (f" under {parent}" if parent else "")
         )
+
+
+class ChallengeNotPending(LedgerError):
+    """The challenge cannot be answered: unknown, already consumed, or expired (`reason`)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class AuthChallenge(Aggregate):
+    """A sign-in challenge (stream key: its `request_id`). Version 1 issues it; the first answer,
+    right or wrong, consumes it at version 2, so it can be answered once: two racing verifies
+    cannot both write version 2. A successful answer also carries the session it issued."""
+
+    kind = "auth-challenge"
+
+    def __init__(self, stream: uuid.UUID) -> None:
+        super().__init__(stream)
+        self.issued: AuthChallengeIssued | None = None
+        self.outcome: AuthSucceeded | AuthFailed | None = None
+        self.session: SessionIssued | None = None
+        self.withheld: SessionWithheld | None = None
+
+    @staticmethod
+    def stream_for(request_id: str) -> uuid.UUID:
+        return stream_id(AuthChallenge.kind, request_id)
+
+    def when_AuthChallengeIssued(self, event: AuthChallengeIssued) -> None:
+        self.issued = event
+
+    def when_AuthSucceeded(self, event: AuthSucceeded) -> None:
+        self.outcome = event
+
+    def when_AuthFailed(self, event: AuthFailed) -> None:
+        if self.outcome is None:
+            self.outcome = event
+
+    def when_SessionIssued(self, event: SessionIssued) -> None:
+        self.session = event
+
+    def when_SessionWithheld(self, event: SessionWithheld) -> None:
+        self.withheld = event
+
+    def issue(self, event: AuthChallengeIssued) -> list[Event]:
+        if self.version != 0:
+            raise ChallengeNotPending("challenge_consumed", f"request_id {event.request_id} already exists")
+        return [event]
+
+    def check_pending(self, now_unix: int) -> AuthChallengeIssued:
+        """The issued challenge, if it can still be answered; else `ChallengeNotPending`.
+        Unknown and consumed collapse to one outcome for the caller (no probing oracle), but the
+        ledger records which."""
+        if self.issued is None:
+            raise ChallengeNotPending("challenge_unknown", "nonce already consumed or unknown; replay rejected")
+        if self.outcome is not None:
+            raise ChallengeNotPending("challenge_consumed", "nonce already consumed or unknown; replay rejected")
+        if now_unix >= self.issued.expires_at:
+            raise ChallengeNotPending("challenge_expired", "expired: siwe message expired (>= 2700s after issued_at)")
+        return self.issued
+
+
+class SigningKeyConflict(LedgerError):
+    """A key id is already recorded with a different public key."""
+
+
+class SigningKey(Aggregate):
+    """One signing key (stream key `purpose:kid`): recorded once when it comes into use."""
+
+    kind = "signing-key"
+
+    def __init__(self, stream: uuid.UUID) -> None:
+        super().__init__(stream)
+        self.recorded: SigningKeyRotated | None = None
+
+    @staticmethod
+    def stream_for(purpose: str, kid: str) -> uuid.UUID:
+        return stream_id(SigningKey.kind, f"{purpose}:{kid}")
+
+    def when_SigningKeyRotated(self, event: SigningKeyRotated) -> None:
+        self.recorded = event
+
+    def record(self, event: SigningKeyRotated) -> list[Event]:
+        if self.recorded is None:
+            return [event]
+        if self.recorded.public_jwk != event.public_jwk:
+            raise SigningKeyConflict(f"kid {event.kid} is already recorded with another public key")
+        return []

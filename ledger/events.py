@@ -77,3 +77,100 @@ class WalletBound(Event, frozen=True, kw_only=True):
     address: str
     role: WalletRole
     parent_address: str | None = None
+
+
+# --- Authentication and sessions ------------------------------------------------------------
+
+AuthMethod = Literal["wallet_sig", "email_link", "oauth2_google", "legacy_bearer"]
+
+
+class AuthChallengeIssued(Event, frozen=True, kw_only=True):
+    """A sign-in challenge was issued (SIWE: the exact EIP-4361 message the wallet must sign).
+    Stream: `AuthChallenge` aggregate keyed by `request_id`. The nonce is public (it is part of the
+    signed message), so it is recorded."""
+
+    method: AuthMethod
+    request_id: str
+    address: str
+    chain_id: int
+    nonce: str
+    domain: str
+    uri: str
+    issued_at: str
+    expires_at: int
+    message: str
+
+
+class AuthSucceeded(Event, frozen=True, kw_only=True):
+    """A challenge was answered correctly; the identity is proven. Consumes the challenge."""
+
+    method: AuthMethod
+    request_id: str
+    identity_type: str
+    identity_value: str
+    omni_account: str
+    wallet_address: str
+
+
+AuthFailureReason = Literal[
+    "challenge_unknown",
+    "challenge_consumed",
+    "challenge_expired",
+    "signature_not_hex",
+    "signature_length",
+    "signature_v",
+    "signature_zero",
+    "signature_high_s",
+    "signature_unrecoverable",
+    "address_mismatch",
+]
+
+
+class AuthFailed(Event, frozen=True, kw_only=True):
+    """A sign-in attempt failed, with a typed reason. A failed attempt on a pending challenge
+    consumes it (the challenge cannot be retried); attempts on unknown or consumed challenges are
+    recorded on their own stream."""
+
+    method: AuthMethod
+    request_id: str
+    reason: AuthFailureReason
+    detail: str
+    address: str | None = None
+
+
+class SessionIssued(Event, frozen=True, kw_only=True):
+    """A session JWT was signed. The token itself never enters the ledger: `token_sha256` lets an
+    auditor match a presented token; `kid` names the `SigningKeyRotated` key that verifies it.
+    The response carrying the token waits until the required anchors confirm this record."""
+
+    jti: str
+    kid: str
+    omni_account: str
+    wallet_address: str
+    identity_type: str
+    identity_value: str
+    iat: int
+    exp: int
+    token_sha256: str
+
+
+class SessionWithheld(Event, frozen=True, kw_only=True):
+    """A signed session was not released: the anchors the policy requires did not confirm its
+    `SessionIssued` record (seq `session_seq`) before the deadline."""
+
+    jti: str
+    session_seq: int
+    reason: str
+    missing_anchors: list[str]
+
+
+class SigningKeyRotated(Event, frozen=True, kw_only=True):
+    """A signing key came into use. `public_jwk` lets anyone verify the broker's signatures (session
+    JWTs, grant `audit_proof`s, OIDC tokens) from a ledger export alone. Private material never
+    enters the ledger."""
+
+    purpose: Literal["oidc", "session"]
+    kid: str
+    public_jwk: dict[str, str]
+    created_at: str
+    previous_kid: str | None = None

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 # `handler=<callable(args) -> int>` on its parsers.
 _GROUPS = (
     ("api.cli", "register"),          # serve, dev
+    ("api.keys_cli", "register"),     # keygen
     ("ledger.audit_cli", "register"),  # audit export|verify
     ("projections.cli", "register"),  # projections rebuild
 )

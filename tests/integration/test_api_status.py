@@ -13,48 +13,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
-from api.app import create_app
 from api.config import BrokerConfig
 from api.runtime import Services
 from ledger.events import WalletBound
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    def __init__(self, services: Services) -> None:
-        self.services = services
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "LiveServer":
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
+from tests.support import LiveServer, broker_env, free_port  # noqa: F401
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> BrokerConfig:
-    return BrokerConfig.from_env({"BROKER_DATA_DIR": str(tmp_path / "data"), "HOME": str(tmp_path)})
+    return BrokerConfig.from_env(broker_env(tmp_path))
 
 
 @pytest.fixture
@@ -74,7 +42,7 @@ def test_readyz_lists_every_check_when_ready(live: LiveServer) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     assert body == {"status": "ready", "degraded": False, "checks": [], "ready": body["ready"]}
-    assert set(body["ready"]) == {"ledger", "anchor/sqlite", "projections"}
+    assert set(body["ready"]) == {"ledger", "anchor/sqlite", "keys/session", "keys/oidc", "auth/wallet_sig", "projections"}
 
 
 def test_readyz_turns_unready_when_the_anchor_file_goes_away_and_back(live: LiveServer, config: BrokerConfig) -> None:
@@ -116,17 +84,19 @@ def test_readyz_turns_unready_when_the_anchor_file_goes_away_and_back(live: Live
 def test_audit_head_reports_the_chain_head_and_anchor_position(live: LiveServer) -> None:
     r = httpx.get(live.url + "/v1/audit/head")
     assert r.status_code == 200
-    assert r.json() == {"seq": 0, "hash": "0" * 64, "anchors": {"sqlite": {"confirmed_seq": 0}}}
     ledger = live.services.ledger
+    start = ledger.head().seq  # the signing keys in use are recorded at boot
+    assert start == 2
+    assert r.json()["seq"] == start
     recs = [ledger.append(uuid.uuid4(), 0, [WalletBound(omni_account="ab" * 32, address=f"0x{i:040x}", role="master")])[0]
             for i in range(3)]
     deadline = time.monotonic() + 10
     while True:
         body = httpx.get(live.url + "/v1/audit/head").json()
-        if body["anchors"]["sqlite"]["confirmed_seq"] == 3 or time.monotonic() > deadline:
+        if body["anchors"]["sqlite"]["confirmed_seq"] == start + 3 or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    assert body == {"seq": 3, "hash": recs[-1].hash, "anchors": {"sqlite": {"confirmed_seq": 3}}}
+    assert body == {"seq": start + 3, "hash": recs[-1].hash, "anchors": {"sqlite": {"confirmed_seq": start + 3}}}
 
 
 def test_unknown_route_is_a_json_404_without_traceback(live: LiveServer) -> None:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, cli_path
-from tests.integration.test_api_status import free_port
+from tests.support import broker_env, free_port
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -50,7 +50,7 @@ def test_dev_writes_dev_json_serves_and_stops_on_signal(tmp_path: Path, sig: sig
 
 
 def test_serve_with_a_bad_setting_exits_1_with_one_boot_fail_line(tmp_path: Path, subprocess_env) -> None:
-    env = dict(subprocess_env, BROKER_DATA_DIR=str(tmp_path), BROKER_LEDGER_BATCH_MAX="0")
+    env = dict(subprocess_env, **broker_env(tmp_path), BROKER_LEDGER_BATCH_MAX="0")
     out = subprocess.run([cli_path(), "serve", "--port", str(free_port())], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1

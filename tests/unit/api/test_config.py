@@ -13,10 +13,11 @@ from tests.conftest import ROOT
 
 RUNBOOK = (ROOT / "docs" / "operator-runbook.md").read_text()
 HEADINGS = set(re.findall(r"^#{2,4} ([\w-]+)\s*$", RUNBOOK, flags=re.M))
+ISSUER = {"BROKER_OIDC_ISSUER": "https://broker.test.invalid"}
 
 
 def test_defaults_put_every_file_under_the_data_dir(tmp_path: Path) -> None:
-    c = BrokerConfig.from_env({"BROKER_DATA_DIR": str(tmp_path)})
+    c = BrokerConfig.from_env({**ISSUER, "BROKER_DATA_DIR": str(tmp_path)})
     assert c.ledger_db == tmp_path / "ledger.sqlite"
     assert c.anchor_db == tmp_path / "anchor.sqlite"
     assert c.projections_db == tmp_path / "projections.sqlite"
@@ -25,7 +26,7 @@ def test_defaults_put_every_file_under_the_data_dir(tmp_path: Path) -> None:
 
 
 def test_home_default(tmp_path: Path) -> None:
-    c = BrokerConfig.from_env({"HOME": str(tmp_path)})
+    c = BrokerConfig.from_env({**ISSUER, "HOME": str(tmp_path)})
     assert c.data_dir == tmp_path / ".agentkeys" / "broker" / "data"
 
 
@@ -42,7 +43,7 @@ def test_home_default(tmp_path: Path) -> None:
 )
 def test_bad_values_fail_boot_with_one_line(tmp_path: Path, env: dict, line: str) -> None:
     with pytest.raises(BootFailure) as info:
-        BrokerConfig.from_env({"BROKER_DATA_DIR": str(tmp_path), **env})
+        BrokerConfig.from_env({**ISSUER, "BROKER_DATA_DIR": str(tmp_path), **env})
     text = str(info.value)
     assert "\n" not in text and line in text
 
@@ -52,7 +53,7 @@ def test_anchor_alias_evm_testnet_is_recognised_as_evm() -> None:
 
 
 def test_anchor_file_must_differ_from_the_ledger(tmp_path: Path) -> None:
-    c = BrokerConfig.from_env({"BROKER_DATA_DIR": str(tmp_path), "BROKER_SQLITE_ANCHOR_DB": str(tmp_path / "ledger.sqlite")})
+    c = BrokerConfig.from_env({**ISSUER, "BROKER_DATA_DIR": str(tmp_path), "BROKER_SQLITE_ANCHOR_DB": str(tmp_path / "ledger.sqlite")})
     with pytest.raises(BootFailure, match="sqlite-anchor-db"):
         c.check_paths()
 
@@ -88,3 +89,42 @@ def test_readiness_check_anchors_are_headings() -> None:
 
 def test_runbook_configuration_table_is_generated_from_the_settings() -> None:
     assert cfg.markdown_table() in RUNBOOK, "regenerate the table: python -m api.config"
+
+
+@pytest.mark.parametrize(
+    "env,anchor,fragment",
+    [
+        ({"BROKER_OIDC_ISSUER": "http://oidc.local"}, "oidc-issuer", "must be https:// in non-dev mode"),
+        ({"BROKER_OIDC_ISSUER": ""}, "oidc-issuer", '"(unset)"'),
+        ({"BROKER_AUTH_METHODS": "foo"}, "auth-method-not-compiled", "unknown or unavailable auth method"),
+        ({"BROKER_AUTH_METHODS": ""}, "auth-method-empty", "at least one auth method"),
+        ({"BROKER_AUTH_METHODS": ","}, "auth-method-empty", "at least one auth method"),
+        ({"BROKER_AUDIT_POLICY": "nonsense"}, "audit-policy", "unknown BROKER_AUDIT_POLICY: nonsense (expected dual_strict | sqlite_primary | evm_primary)"),
+        ({"BROKER_AUDIT_POLICY": "evm_primary"}, "audit-policy", "needs the evm anchor"),
+        ({"BROKER_SESSION_JWT_TTL_SECONDS": "59"}, "session-jwt-ttl", "[60, 86400]"),
+        ({"BROKER_SIWE_CHAIN_IDS": "84532,abc"}, "siwe-chain-ids", "not a positive integer"),
+        ({"BROKER_TRUSTED_PROXIES": "10.0.0.0/8,nope"}, "trusted-proxies", "not an IP address"),
+        ({"BROKER_ANCHOR_DEADLINE_MS": "50"}, "anchor-deadline", "[100, 120000]"),
+    ],
+)
+def test_seed_boot_failures(tmp_path: Path, env: dict, anchor: str, fragment: str) -> None:
+    full = {**ISSUER, "BROKER_DATA_DIR": str(tmp_path), **env}
+    if env.get("BROKER_AUTH_METHODS") == "":
+        full["BROKER_AUTH_METHODS"] = " "
+    with pytest.raises(BootFailure) as info:
+        BrokerConfig.from_env(full)
+    text = str(info.value)
+    assert text.startswith("BOOT_FAIL: ") and text.endswith(f"; see runbook §{anchor}"), text
+    assert fragment in text
+
+
+def test_http_issuer_is_allowed_in_dev_mode(tmp_path: Path) -> None:
+    c = BrokerConfig.from_env({"BROKER_OIDC_ISSUER": "http://localhost:8080", "BROKER_DEV_MODE": "true",
+                               "BROKER_DATA_DIR": str(tmp_path)})
+    assert c.siwe_domain == "localhost:8080" and c.issuer == "http://localhost:8080"
+
+
+def test_same_file_for_both_keypairs_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BootFailure, match="session-keypair"):
+        BrokerConfig.from_env({**ISSUER, "BROKER_DATA_DIR": str(tmp_path), "BROKER_OIDC_KEYPAIR_PATH": "/k.json",
+                               "BROKER_SESSION_KEYPAIR_PATH": "/k.json"})

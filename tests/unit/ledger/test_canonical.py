@@ -45,7 +45,9 @@ def strategy_for(annotation: typing.Any) -> st.SearchStrategy:
         (inner,) = typing.get_args(annotation)
         return st.lists(strategy_for(inner), max_size=4)
     if origin is dict:
-        return st.dictionaries(ascii_keys, json_values, max_size=4)
+        _, value_type = typing.get_args(annotation)
+        values = json_values if value_type is typing.Any else strategy_for(value_type)
+        return st.dictionaries(ascii_keys, values, max_size=4)
     if annotation is typing.Any:
         return json_values
     raise AssertionError(f"no strategy for {annotation!r}: extend the test for the new field type")

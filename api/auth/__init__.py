@@ -1,0 +1,1 @@
+"""Sign-in methods and the signature checks they share."""

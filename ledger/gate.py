@@ -1,0 +1,62 @@
+"""The release gate (design §3): nothing that grants access leaves the process until every anchor
+the audit policy requires has confirmed the ledger record that names it.
+
+`ReleaseGate.wait(seq)` waits (without blocking the event loop) until the required anchors'
+confirmed positions reach `seq`, or the deadline passes. It never calls an anchor on the waiting
+path (see ledger/anchoring.py), so a hanging anchor costs at most the deadline, never a hung
+request. The caller decides what to do with a `Withheld` result: append the matching `...Withheld`
+event and answer 503 `anchor_unavailable` with no credential material.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .anchoring import ConfirmationWaiter, default_waiter
+from .ports import Anchor
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    released: bool
+    anchored: list[str]   # every anchor that had confirmed `seq` when the gate decided
+    missing: list[str]    # required anchors that had not
+
+
+class ReleaseGate:
+    def __init__(
+        self,
+        anchors: Sequence[Anchor],
+        required: Sequence[str],
+        deadline_ms: int,
+        *,
+        waiter: ConfirmationWaiter | None = None,
+    ) -> None:
+        by_name = {a.name: a for a in anchors}
+        unknown = [n for n in required if n not in by_name]
+        if unknown:
+            raise ValueError(f"required anchors not configured: {unknown}")
+        if not required:
+            raise ValueError("a release gate needs at least one required anchor (fail closed)")
+        self.anchors = list(anchors)
+        self.required = [by_name[n] for n in required]
+        self.deadline_s = deadline_ms / 1000.0
+        self.waiter = waiter or default_waiter()
+
+    def _result(self, seq: int) -> GateResult:
+        anchored = []
+        for anchor in self.anchors:
+            pos = self.waiter.position(anchor)
+            if pos is not None and pos >= seq:
+                anchored.append(anchor.name)
+        missing = [a.name for a in self.required if a.name not in anchored]
+        return GateResult(released=not missing, anchored=anchored, missing=missing)
+
+    def wait(self, seq: int) -> GateResult:
+        self.waiter.wait(self.required, seq, self.deadline_s)
+        return self._result(seq)
+
+    async def wait_async(self, seq: int) -> GateResult:
+        await self.waiter.wait_async(self.required, seq, self.deadline_s)
+        return self._result(seq)

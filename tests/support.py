@@ -1,0 +1,96 @@
+"""Test support: a broker served over real HTTP (uvicorn on a free loopback port), key files,
+wallets that sign like a daemon would."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+from eth_account import Account
+from eth_account.messages import encode_defunct
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def broker_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """A complete, valid environment for `BrokerConfig.from_env` with fresh key files."""
+    from api.keys import generate_keyfile
+
+    keys = tmp_path / "keys"
+    keys.mkdir(exist_ok=True)
+    oidc, session = keys / "oidc.json", keys / "session.json"
+    if not oidc.exists():
+        generate_keyfile(oidc, "oidc")
+    if not session.exists():
+        generate_keyfile(session, "session")
+    env = {
+        "HOME": str(tmp_path),
+        "BROKER_DATA_DIR": str(tmp_path / "data"),
+        "BROKER_OIDC_ISSUER": "https://broker.test.invalid",
+        "BROKER_OIDC_KEYPAIR_PATH": str(oidc),
+        "BROKER_SESSION_KEYPAIR_PATH": str(session),
+    }
+    env.update(overrides)
+    return env
+
+
+class LiveServer:
+    """`create_app(Services.build(config))` under uvicorn in a thread, on a free port."""
+
+    def __init__(self, services) -> None:  # noqa: ANN001
+        from api.app import create_app
+
+        self.services = services
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on", proxy_headers=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "LiveServer":
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("server thread died during start-up")
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+class Wallet:
+    """An EOA that signs EIP-191 messages, as a daemon with eth-account would."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self.account = Account.from_key(key) if key else Account.create()
+
+    @property
+    def address(self) -> str:
+        return self.account.address.lower()
+
+    def sign(self, text: str) -> str:
+        return "0x" + self.account.sign_message(encode_defunct(text=text)).signature.hex().removeprefix("0x")
+
+
+def sign_in(client, wallet: Wallet, chain_id: int = 84532) -> dict:  # noqa: ANN001
+    start = client.post("/v1/auth/wallet/start", json={"address": wallet.address, "chain_id": chain_id})
+    assert start.status_code == 200, start.text
+    body = start.json()
+    verify = client.post("/v1/auth/wallet/verify",
+                         json={"request_id": body["request_id"], "signature": wallet.sign(body["siwe_message"])})
+    assert verify.status_code == 200, verify.text
+    return verify.json()
