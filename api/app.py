@@ -15,6 +15,8 @@ from litestar.openapi.spec import Components  # noqa: F401  (kept for later secu
 from .errors import EXCEPTION_HANDLERS
 from .readiness import evaluate
 from .routes.auth_wallet import wallet_start, wallet_verify
+from .routes.grants import grant_create, grant_list, grant_revoke
+from .routes.mint import mint_aws_creds
 from .runtime import Services
 from .schemas import AnchorPosition, AuditHead, ErrorBody, ReadinessBody
 
@@ -65,7 +67,8 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
                 services.stop()
 
     return Litestar(
-        route_handlers=[healthz, readyz, audit_head, wallet_start, wallet_verify],
+        route_handlers=[healthz, readyz, audit_head, wallet_start, wallet_verify, grant_create, grant_revoke,
+                        grant_list, mint_aws_creds],
         request_max_body_size=services.config.body_limit_bytes,
         state=State({"services": services}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

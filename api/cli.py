@@ -97,9 +97,29 @@ def _run_server(services: Any, host: str, port: int) -> None:
     _Server(config).run()
 
 
+def _startup_check(services: Any, skip: bool) -> None:
+    """Seed §F.2 step 6: the broker's own AWS identity works before it binds."""
+    from ledger.errors import CommandError
+
+    from .sts import StartupCheckFailed, startup_check
+
+    for notice in services.config.sts.deprecations:
+        log.warning("%s", notice)
+    if skip:
+        log.warning("startup STS check skipped (--skip-startup-check)")
+        return
+    try:
+        arn = startup_check(services.minter)
+    except StartupCheckFailed as exc:
+        services.ledger.close()
+        raise CommandError(str(exc), code=1) from None
+    log.info("STS identity: %s", arn)
+
+
 def _serve(args: argparse.Namespace) -> int:
     _configure_logging()
     _, services = _boot(dict(os.environ))
+    _startup_check(services, args.skip_startup_check)
     _run_server(services, args.host, args.port)
     return 0
 
@@ -114,7 +134,30 @@ def _dev(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CommandError(f"cannot create state directory {state_dir}: {exc.strerror}") from None
     env = dict(os.environ)
+    from .moto_server import MotoServer, bootstrap_dev_aws, dev_broker_env
+
+    children: list[Any] = []  # every child process dev starts; stopped on the way out, whatever happens
+    try:
+        moto = MotoServer.start(log_path=state_dir / "moto.log")
+    except Exception as exc:
+        raise CommandError(f"cannot start the local AWS (moto) server: {exc}", code=1) from None
+    children.append(moto)
+    try:
+        return _dev_with_children(args, state_dir, env, children, moto, bootstrap_dev_aws, dev_broker_env)
+    finally:
+        for child in reversed(children):
+            try:
+                child.stop()
+            except Exception:  # pragma: no cover - best effort on the way out
+                log.exception("could not stop %s", child)
+
+
+def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str, str], children: list[Any],
+                       moto: Any, bootstrap_dev_aws: Any, dev_broker_env: Any) -> int:
     from .keys import dev_keyfile
+
+    aws = bootstrap_dev_aws(moto.endpoint)
+    env.update(dev_broker_env(aws))
 
     url = f"http://{args.host}:{args.port}"
     env.update({
@@ -138,7 +181,9 @@ def _dev(args: argparse.Namespace) -> int:
         "issuer": config.issuer,
         "oidc_keypair": str(config.oidc_keypair_path),
         "session_keypair": str(config.session_keypair_path),
-        "pids": {"broker": os.getpid()},
+        "sts_endpoint": aws["sts_endpoint"],
+        "aws": aws,
+        "pids": {"broker": os.getpid(), "sts": moto.pid},
     }
     dev_json = state_dir / "dev.json"
     tmp = dev_json.with_suffix(".json.tmp")
@@ -153,10 +198,6 @@ def _dev(args: argparse.Namespace) -> int:
         "  stop:   Ctrl-C",
         file=sys.stderr, flush=True,
     )
-    children: list[Any] = []  # later parts (anvil, moto) are started here and recorded in dev.json
-    try:
-        _run_server(services, args.host, args.port)
-    finally:
-        for child in children:
-            child.stop()
+    _startup_check(services, skip=False)
+    _run_server(services, args.host, args.port)
     return 0

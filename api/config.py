@@ -82,6 +82,13 @@ SETTINGS: tuple[Setting, ...] = (
             "graceful-shutdown"),
     Setting("BROKER_AUDIT_POLICY", "dual_strict", "Which anchors must confirm a release before the response: "
             "`dual_strict` (all), `sqlite_primary`, `evm_primary`.", "audit-policy", "audit"),
+    Setting("BROKER_GRANTS_REQUIRED", "true", "`true`: every mint needs an active grant for the daemon wallet, "
+            "service and scope. `false`: a wallet may mint for itself without one (the seed's implicit allow).",
+            "grants-required", "mint"),
+    Setting("BROKER_MINT_MAX_SKEW_SECONDS", "300", "A mint request's `issued_at` must be within this many seconds "
+            "of the broker's clock, [5, 3600].", "mint-skew", "mint"),
+    Setting("BROKER_RATE_LIMIT_MINTS_PER_HOUR_PER_OMNI", "30", "Mints one OmniAccount may request per hour, "
+            "[1, 1000000]; beyond it 429 with Retry-After.", "rate-limits", "limits"),
     Setting("BROKER_ANCHOR_DEADLINE_MS", "10000", "Longest wait for the required anchors inside a request, "
             "milliseconds, [100, 120000]; past it 503 `anchor_unavailable`, nothing released.", "anchor-deadline", "audit"),
 )
@@ -139,6 +146,12 @@ def _anchors(env: Mapping[str, str]) -> tuple[str, ...]:
         raise BootFailure("BROKER_AUDIT_ANCHORS", env.get("BROKER_AUDIT_ANCHORS"),
                           "at least one audit anchor must be configured (default `sqlite`)", "audit-anchor-empty")
     return tuple(names)
+
+
+def _sts(env: Mapping[str, str]) -> Any:
+    from .sts_config import StsSettings
+
+    return StsSettings.from_env(env)
 
 
 def _issuer(env: Mapping[str, str], dev_mode: bool) -> str:
@@ -236,6 +249,10 @@ class BrokerConfig:
     shutdown_grace_s: int = 30
     audit_policy: str = "dual_strict"
     anchor_deadline_ms: int = 10000
+    grants_required: bool = True
+    mint_max_skew_s: int = 300
+    mints_per_hour_per_omni: int = 30
+    sts: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -303,6 +320,9 @@ class BrokerConfig:
             shutdown_grace_s=_int(env, "BROKER_SHUTDOWN_GRACE_SECONDS", 0, 3600),
             audit_policy=policy,
             anchor_deadline_ms=_int(env, "BROKER_ANCHOR_DEADLINE_MS", 100, 120_000),
+            grants_required=_bool(env, "BROKER_GRANTS_REQUIRED"),
+            mint_max_skew_s=_int(env, "BROKER_MINT_MAX_SKEW_SECONDS", 5, 3600),
+            mints_per_hour_per_omni=_int(env, "BROKER_RATE_LIMIT_MINTS_PER_HOUR_PER_OMNI", 1, 1_000_000),
             data_dir=data_dir,
             ledger_db=path("BROKER_LEDGER_DB", "ledger.sqlite"),
             anchor_db=path("BROKER_SQLITE_ANCHOR_DB", "anchor.sqlite"),
@@ -311,6 +331,7 @@ class BrokerConfig:
             ledger_batch_max=_int(env, "BROKER_LEDGER_BATCH_MAX", 1, 10000),
             ledger_batch_max_wait_ms=_int(env, "BROKER_LEDGER_BATCH_MAX_WAIT_MS", 0, 1000),
             dev_mode=dev_mode,
+            sts=_sts(env),  # last: its required role ARN must not mask the errors above
         )
 
     def check_paths(self) -> None:
@@ -332,9 +353,16 @@ class BrokerConfig:
                               "sqlite-anchor-db")
 
 
+def all_settings() -> tuple[Setting, ...]:
+    """Every variable the broker reads (the STS adapter's own settings included)."""
+    from .sts_config import STS_SETTINGS
+
+    return SETTINGS + tuple(STS_SETTINGS)
+
+
 def markdown_table() -> str:
     lines = ["| Variable | Default | Meaning | Runbook |", "|---|---|---|---|"]
-    for s in SETTINGS:
+    for s in all_settings():
         default = f"`{s.default}`" if s.default is not None else "(derived)"
         lines.append(f"| `{s.name}` | {default} | {s.doc} | [§{s.anchor}](#{s.anchor}) |")
     return "\n".join(lines)

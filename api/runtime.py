@@ -9,6 +9,7 @@ concrete adapters.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,13 +19,16 @@ from ledger.anchoring import AnchorPump
 from ledger.app import Ledger
 from ledger.config import LedgerConfig
 from ledger.gate import ReleaseGate
-from ledger.ports import Anchor, Readiness
+from ledger.ports import Anchor, Readiness, StsError
 from projections.db import make_engine
 from projections.registry import all_projections
 from projections.runner import ProjectionRunner
 
 from .auth.session_jwt import SessionSigner
 from .auth.wallet import WalletAuth
+from .grants import GrantService
+from .mint import MintService
+from .sts import BotoStsMinter
 from .client_ip import client_ip
 from .config import BootFailure, BrokerConfig
 from .errors import ApiError
@@ -37,6 +41,7 @@ log = logging.getLogger("agentkeys.runtime")
 # A projection further behind the ledger head than this is reported degraded.
 PROJECTION_LAG_DEGRADED = 1000
 HOUR = 3600
+STS_PROBE_TTL_S = 15.0
 
 
 def _load_keys(config: BrokerConfig) -> tuple[Keyring, Keyring]:
@@ -66,7 +71,11 @@ class Services:
     wallet_auth: WalletAuth
     challenge_limiter: RateLimiter
     failed_verify_limiter: RateLimiter
+    minter: Any
+    grants: GrantService
+    mint: MintService
     _started: bool = field(default=False, repr=False)
+    _sts_probe: tuple[float, Readiness] | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, config: BrokerConfig) -> "Services":
@@ -94,7 +103,16 @@ class Services:
             signer = SessionSigner(session_keys, config.issuer, config.session_jwt_ttl_s)
             wallet_auth = WalletAuth(ledger=ledger, signer=signer, gate=gate, domain=config.siwe_domain,
                                      uri=config.issuer, chain_ids=config.siwe_chain_ids)
+            minter = BotoStsMinter(config.sts)
+            grants = GrantService(ledger=ledger, projections=runner, keyring=session_keys)
+            mint = MintService(
+                ledger=ledger, projections=runner, session_keys=session_keys, issuer=config.issuer, minter=minter,
+                gate=gate, grants_required=config.grants_required, max_skew_s=config.mint_max_skew_s,
+                duration_s=config.sts.duration_seconds,
+                mint_limiter=RateLimiter(config.mints_per_hour_per_omni, HOUR),
+            )
             services = cls(
+                minter=minter, grants=grants, mint=mint,
                 config=config, ledger=ledger, anchors=anchors, pump=pump, projections=runner,
                 oidc_keys=oidc_keys, session_keys=session_keys, signer=signer, gate=gate, wallet_auth=wallet_auth,
                 challenge_limiter=RateLimiter(config.challenges_per_hour_per_ip, HOUR),
@@ -159,8 +177,22 @@ class Services:
 
     # --- readiness ---------------------------------------------------------------------------
 
+    def _sts_ready(self) -> Readiness:
+        """GetCallerIdentity, at most every STS_PROBE_TTL_S (protects STS from probe storms)."""
+        now = time.monotonic()
+        cached = self._sts_probe
+        if cached is not None and now - cached[0] < STS_PROBE_TTL_S:
+            return cached[1]
+        try:
+            arn = self.minter.check_identity()
+            result = Readiness("ready", f"sts: {arn}")
+        except StsError as exc:
+            result = Readiness("unready", f"STS GetCallerIdentity failed: {exc.code}: {exc.message}")
+        self._sts_probe = (now, result)
+        return result
+
     def readiness_checks(self) -> list[Check]:
-        checks = [Check("ledger", self.ledger.ready)]
+        checks = [Check("ledger", self.ledger.ready), Check("sts", self._sts_ready)]
         for anchor in self.anchors:
             checks.append(Check(f"anchor/{anchor.name}", anchor.ready))
         checks.append(Check("keys/session", lambda: self._keys_ready(self.session_keys, "session")))

@@ -72,3 +72,82 @@ class SessionResponse(msgspec.Struct):
     seq: int
     record_hash: str
     anchored: list[str]
+
+
+# --- grants and mints ---------------------------------------------------------------------------
+
+
+class GrantCreateRequest(msgspec.Struct):
+    """A master wallet grants `daemon_address` the right to mint `service` credentials under the
+    `scope_path` prefix until `expires_at` (Unix seconds), at most `max_uses` times."""
+
+    daemon_address: str
+    service: str
+    scope_path: str
+    expires_at: int
+    max_uses: int
+
+
+class GrantCreateResponse(msgspec.Struct):
+    grant_id: str
+    audit_proof: str
+
+
+class GrantRevokeRequest(msgspec.Struct):
+    grant_id: str
+
+
+class GrantRevokeResponse(msgspec.Struct):
+    grant_id: str
+    revoked: bool
+
+
+class GrantView(msgspec.Struct):
+    grant_id: str
+    master_omni_account: str
+    daemon_address: str
+    service: str
+    scope_path: str
+    granted_at: int
+    expires_at: int
+    max_uses: int
+    used_count: int
+    revoked_at: int | None
+    audit_proof: str
+
+
+class GrantListResponse(msgspec.Struct):
+    grants: list[GrantView]
+
+
+class MintIntentSchema(msgspec.Struct):
+    agent_id: str
+    service: str
+    scope_path: str = ""
+
+
+class MintAuthSchema(msgspec.Struct):
+    address: str
+    signature: str
+
+
+class MintRequestSchema(msgspec.Struct):
+    """The v2 mint body. `auth.signature` is the EIP-191 signature, by the session's wallet, of
+    the canonical JSON of this body without `auth.signature` (keys sorted recursively, compact)."""
+
+    request_id: str
+    issued_at: str
+    intent: MintIntentSchema
+    auth: MintAuthSchema
+
+
+class MintResponse(msgspec.Struct):
+    access_key_id: str
+    secret_access_key: str
+    session_token: str
+    expiration: int
+    wallet: str
+    audit_record_id: str
+    seq: int
+    record_hash: str
+    anchored: list[str]

@@ -18,6 +18,13 @@ from .events import (
     AuthFailed,
     AuthSucceeded,
     Event,
+    GrantCreated,
+    GrantRevoked,
+    GrantUsed,
+    MintAuthorized,
+    MintDenied,
+    MintRequested,
+    MintWithheld,
     SessionIssued,
     SessionWithheld,
     SigningKeyRotated,
@@ -178,3 +185,93 @@ class SigningKey(Aggregate):
         if self.recorded.public_jwk != event.public_jwk:
             raise SigningKeyConflict(f"kid {event.kid} is already recorded with another public key")
         return []
+
+
+class GrantRefused(LedgerError):
+    """A grant cannot be used or changed; `reason` is the typed wire reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Grant(Aggregate):
+    """A capability grant (stream key: `grant_id`). Uses are consumed one version at a time, so
+    N racing mints on a grant with `max_uses` K produce exactly min(N, K) `GrantUsed` events."""
+
+    kind = "grant"
+
+    def __init__(self, stream: uuid.UUID) -> None:
+        super().__init__(stream)
+        self.created: GrantCreated | None = None
+        self.used = 0
+        self.revoked_at: int | None = None
+
+    @staticmethod
+    def stream_for(grant_id: str) -> uuid.UUID:
+        return stream_id(Grant.kind, grant_id)
+
+    def when_GrantCreated(self, event: GrantCreated) -> None:
+        self.created = event
+
+    def when_GrantUsed(self, event: GrantUsed) -> None:
+        self.used += 1
+
+    def when_GrantRevoked(self, event: GrantRevoked) -> None:
+        self.revoked_at = event.revoked_at
+
+    def create(self, event: GrantCreated) -> list[Event]:
+        if self.version != 0:
+            raise GrantRefused("conflict", f"grant {event.grant_id} already exists")
+        return [event]
+
+    def check_usable(self, now_unix: int) -> GrantCreated:
+        if self.created is None:
+            raise GrantRefused("no_grant", "no active grant")
+        if self.revoked_at is not None:
+            raise GrantRefused("grant_revoked", "grant has been revoked")
+        if now_unix >= self.created.expires_at:
+            raise GrantRefused("grant_expired", "grant is expired")
+        if self.used >= self.created.max_uses:
+            raise GrantRefused("grant_exhausted", "grant exhausted (used_count >= max_uses)")
+        return self.created
+
+    def use(self, *, now_unix: int, wallet: str, request_id: str) -> list[Event]:
+        created = self.check_usable(now_unix)
+        return [GrantUsed(grant_id=created.grant_id, use=self.used + 1, wallet=wallet, request_id=request_id)]
+
+    def revoke(self, *, now_unix: int, by_omni_account: str) -> list[Event]:
+        # not-found, not-owner and already-revoked collapse to one answer (no ownership oracle)
+        if self.created is None or self.created.master_omni_account != by_omni_account or self.revoked_at is not None:
+            raise GrantRefused("not_owner", "grant not found, not yours, or already revoked")
+        return [GrantRevoked(grant_id=self.created.grant_id, revoked_at=now_unix, by_omni_account=by_omni_account)]
+
+
+class MintRequest(Aggregate):
+    """One mint request (stream key `wallet:request_id`): admitted once (`MintRequested` at
+    version 1 spends the request id), then authorized, then possibly withheld."""
+
+    kind = "mint-request"
+
+    def __init__(self, stream: uuid.UUID) -> None:
+        super().__init__(stream)
+        self.requested: MintRequested | None = None
+        self.authorized: MintAuthorized | None = None
+        self.withheld: MintWithheld | None = None
+        self.denied: MintDenied | None = None
+
+    @staticmethod
+    def stream_for(wallet: str, request_id: str) -> uuid.UUID:
+        return stream_id(MintRequest.kind, f"{wallet.lower()}:{request_id}")
+
+    def when_MintRequested(self, event: MintRequested) -> None:
+        self.requested = event
+
+    def when_MintAuthorized(self, event: MintAuthorized) -> None:
+        self.authorized = event
+
+    def when_MintWithheld(self, event: MintWithheld) -> None:
+        self.withheld = event
+
+    def when_MintDenied(self, event: MintDenied) -> None:
+        self.denied = event

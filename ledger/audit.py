@@ -52,6 +52,8 @@ MAX_GAP = 1_000_000
 
 PROGRESS_EVERY = 100_000
 
+MAX_LINE = 64 << 20  # an export line longer than this is not a record (a file without newlines)
+
 # The join an auditor uses to read the SQLite ledger (same text as SELECT_RECORDS in
 # ledger/store.py, duplicated so that the verifier shares no code path with the writer).
 SELECT_RECORDS_SQL = (
@@ -510,7 +512,7 @@ class ExportReader:
         except OSError as exc:
             raise AuditError(f"cannot read export {self.path}: {exc.strerror or exc}") from exc
         if not first.strip():
-            raise AuditError(f"{self.path}: line 1: empty file, expected the {EXPORT_FORMAT} header")
+            raise AuditError(f"{self.path}: line 1: empty, expected the {EXPORT_FORMAT} export header")
         try:
             header = msgspec.json.decode(first, type=Header)
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -552,6 +554,8 @@ class ExportReader:
             if block:
                 lines = (tail + block).split(b"\n")
                 tail = lines.pop()
+                if len(tail) > MAX_LINE:
+                    raise AuditError(f"{self.path}: line {line_no + len(lines) + 1}: longer than {MAX_LINE >> 20} MiB, not a ledger record")
             else:
                 lines = [tail] if tail else []
                 tail = b""
@@ -745,9 +749,8 @@ def _row_loose(seq: Any, stream: Any, version: Any, prev: Any, h: Any, topic: An
 
 
 def read_anchors(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
-    """The (seq, hash) pairs of a SQLite anchor database (table `anchored`), read-only. Opens the
-    database before the first item is asked for, so open errors surface early: call `next()` or
-    use `open_anchors`."""
+    """The (seq, hash) pairs of a SQLite anchor database (table `anchored`), read-only, in seq
+    order. The database is opened (and checked) now, so open errors surface before any work."""
     conn = open_anchors(path)
     return _iter_anchors(conn, Path(path))
 
@@ -793,6 +796,8 @@ def export_ledger(
     hash, canonical key order). Streamed; written to a temporary file beside `out_path` and renamed
     into place, so a reader never sees a partial export."""
     out = Path(out_path)
+    if out.exists() and Path(db_path).exists() and out.resolve() == Path(db_path).resolve():
+        raise AuditError(f"refusing to export {db_path} over itself")
     encode = _ENCODER.encode
     with DatabaseReader(db_path, progress=progress) as reader:
         count = reader.count()

@@ -174,3 +174,122 @@ class SigningKeyRotated(Event, frozen=True, kw_only=True):
     public_jwk: dict[str, str]
     created_at: str
     previous_kid: str | None = None
+
+
+# --- Capability grants ------------------------------------------------------------------------
+
+
+class GrantCreated(Event, frozen=True, kw_only=True):
+    """A master wallet granted a daemon address the right to mint credentials for `service`
+    under `scope_path`, until `expires_at`, at most `max_uses` times. `audit_proof` is a compact
+    ES256 JWS by the session key over the grant content (verifiable offline with the public key
+    of the `SigningKeyRotated` record named by its `kid`)."""
+
+    grant_id: str
+    master_omni_account: str
+    master_address: str
+    daemon_address: str
+    service: str
+    scope_path: str
+    granted_at: int
+    expires_at: int
+    max_uses: int
+    audit_proof: str
+
+
+class GrantUsed(Event, frozen=True, kw_only=True):
+    """One use of a grant was consumed by a mint request (decided on the grant aggregate, so
+    racing mints cannot over-use it)."""
+
+    grant_id: str
+    use: int
+    wallet: str
+    request_id: str
+
+
+class GrantRevoked(Event, frozen=True, kw_only=True):
+    """The grant's master revoked it; the next mint against it is refused."""
+
+    grant_id: str
+    revoked_at: int
+    by_omni_account: str
+
+
+# --- Mints ------------------------------------------------------------------------------------
+
+MintDenialReason = Literal[
+    "no_grant",
+    "grant_revoked",
+    "grant_expired",
+    "grant_exhausted",
+    "scope_not_granted",
+    "signature_invalid",
+    "wallet_mismatch",
+    "stale_request",
+    "request_replayed",
+    "rate_limited",
+    "sts_error",
+    "bad_request",
+]
+
+
+class MintRequested(Event, frozen=True, kw_only=True):
+    """A signed mint request passed every check and was admitted: identity, wallet, grant and
+    resource are named, the `request_id` is spent (stream key `wallet:request_id`), and the grant
+    use is consumed in the same atomic append. STS is called only after this record commits."""
+
+    request_id: str
+    request_digest: str
+    omni_account: str
+    identity_type: str
+    identity_value: str
+    wallet: str
+    agent_id: str
+    service: str
+    scope_path: str
+    grant_id: str
+    session_jti: str
+
+
+class MintAuthorized(Event, frozen=True, kw_only=True):
+    """STS issued the credential; this is the record that gates release: the response is sent
+    only when the anchors the policy requires have confirmed it. Never the secret."""
+
+    request_id: str
+    request_digest: str
+    omni_account: str
+    wallet: str
+    agent_id: str
+    service: str
+    scope_path: str
+    grant_id: str
+    role_arn: str
+    sts_session_name: str
+    access_key_id: str
+    expiration: int
+    policy_sha256: str | None = None
+
+
+class MintDenied(Event, frozen=True, kw_only=True):
+    """An authenticated mint request was refused; no credential exists."""
+
+    request_id: str
+    wallet: str
+    omni_account: str
+    reason: MintDenialReason
+    detail: str
+    grant_id: str | None = None
+    service: str | None = None
+
+
+class MintWithheld(Event, frozen=True, kw_only=True):
+    """A credential was issued by STS (`MintAuthorized` at `authorized_seq`) but not released:
+    the required anchors did not confirm in time. It exists in AWS until `expiration`; the
+    operator can revoke the role's sessions (design §3, quarantine)."""
+
+    request_id: str
+    wallet: str
+    authorized_seq: int
+    access_key_id: str
+    reason: str
+    missing_anchors: list[str]

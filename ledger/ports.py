@@ -6,7 +6,7 @@ implementation passes tests/contract/test_anchor_contract.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, Sequence, runtime_checkable
 
 from .chain import ChainRecord
@@ -47,3 +47,47 @@ class Anchor(Protocol):
     def confirmed_upto(self) -> int: ...
 
     def verify(self, seq: int, hash: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AssumeRoleRequest:
+    """What the broker asks STS for, after the ledger admitted the mint (`MintRequested`)."""
+
+    wallet: str
+    omni_account: str
+    agent_id: str
+    service: str
+    scope_path: str
+    duration_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCredentials:
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str = field(repr=False)
+    expiration: int = 0
+    session_name: str = ""
+    assumed_role_arn: str = ""
+    role_arn: str = ""
+    policy_json: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+class StsError(Exception):
+    """STS refused or could not be reached. `code` is the AWS error code (or `Unreachable`,
+    `Timeout`, `InvalidRequest`); the message is safe to return to a client (no secrets)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@runtime_checkable
+class CredentialMinter(Protocol):
+    """Issues short-lived cloud credentials (AWS STS AssumeRole in production: api/sts.py)."""
+
+    def assume_role(self, request: AssumeRoleRequest) -> IssuedCredentials: ...
+
+    def check_identity(self) -> str: ...

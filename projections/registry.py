@@ -8,10 +8,12 @@ from typing import Callable
 
 from .base import Projection
 from .errors import UnknownProjection
+from .grants import GrantsProjection
 from .wallets import WalletsProjection
 
 FACTORIES: dict[str, Callable[[], Projection]] = {
     WalletsProjection.name: WalletsProjection,
+    GrantsProjection.name: GrantsProjection,
 }
 
 

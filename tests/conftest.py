@@ -38,3 +38,8 @@ def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+# Shared service fixtures (one moto server per test session; anvil fixtures live in
+# tests/support_anvil.py and are imported by the modules that need a chain).
+from tests.support_moto import dev_aws, moto_endpoint, moto_server  # noqa: E402,F401

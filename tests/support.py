@@ -24,7 +24,7 @@ def broker_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     from api.keys import generate_keyfile
 
     keys = tmp_path / "keys"
-    keys.mkdir(exist_ok=True)
+    keys.mkdir(parents=True, exist_ok=True)
     oidc, session = keys / "oidc.json", keys / "session.json"
     if not oidc.exists():
         generate_keyfile(oidc, "oidc")
@@ -36,6 +36,8 @@ def broker_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         "BROKER_OIDC_ISSUER": "https://broker.test.invalid",
         "BROKER_OIDC_KEYPAIR_PATH": str(oidc),
         "BROKER_SESSION_KEYPAIR_PATH": str(session),
+        "BROKER_DATA_ROLE_ARN": "arn:aws:iam::123456789012:role/agentkeys-data-role",
+        "BROKER_STS_ENDPOINT_URL": "http://127.0.0.1:9",  # nothing listens: tests that mint use moto
     }
     env.update(overrides)
     return env
@@ -94,3 +96,25 @@ def sign_in(client, wallet: Wallet, chain_id: int = 84532) -> dict:  # noqa: ANN
                          json={"request_id": body["request_id"], "signature": wallet.sign(body["siwe_message"])})
     assert verify.status_code == 200, verify.text
     return verify.json()
+
+
+def signed_mint_body(wallet: Wallet, *, request_id: str | None = None, service: str = "s3",
+                     scope_path: str = "agentkeys-dev/agents/a1/", agent_id: str = "agent-1",
+                     issued_at: str | None = None, extra: dict | None = None, address: str | None = None) -> dict:
+    """A v2 mint body signed the way a daemon signs it (seed-spec §B.4)."""
+    import json
+    import uuid as _uuid
+    from datetime import datetime, timezone
+
+    body = {
+        "request_id": request_id or f"req-{_uuid.uuid4().hex}",
+        "issued_at": issued_at or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "intent": {"agent_id": agent_id, "service": service, "scope_path": scope_path},
+        "auth": {"address": address or wallet.address, "signature": ""},
+        **(extra or {}),
+    }
+    unsigned = json.loads(json.dumps(body))
+    unsigned["auth"].pop("signature")
+    canonical = json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    body["auth"]["signature"] = wallet.sign(canonical)
+    return body

@@ -14,7 +14,9 @@ _GROUPS = (
     ("api.cli", "register"),          # serve, dev
     ("api.keys_cli", "register"),     # keygen
     ("ledger.audit_cli", "register"),  # audit export|verify
+    ("anchors.audit_cli", "register"),  # audit prove|verify-proof; verify --rpc/--contract/--checkpoint (after ledger.audit_cli)
     ("projections.cli", "register"),  # projections rebuild
+    ("anchors.cli", "register"),      # anchors keystore|deploy|status
 )
 
 

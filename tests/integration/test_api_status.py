@@ -17,12 +17,13 @@ import pytest
 from api.config import BrokerConfig
 from api.runtime import Services
 from ledger.events import WalletBound
-from tests.support import LiveServer, broker_env, free_port  # noqa: F401
+from tests.support import LiveServer, broker_env
+from tests.support_moto import sts_env
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> BrokerConfig:
-    return BrokerConfig.from_env(broker_env(tmp_path))
+def config(tmp_path: Path, dev_aws) -> BrokerConfig:
+    return BrokerConfig.from_env(broker_env(tmp_path, **sts_env(dev_aws)))
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def test_readyz_lists_every_check_when_ready(live: LiveServer) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     assert body == {"status": "ready", "degraded": False, "checks": [], "ready": body["ready"]}
-    assert set(body["ready"]) == {"ledger", "anchor/sqlite", "keys/session", "keys/oidc", "auth/wallet_sig", "projections"}
+    assert set(body["ready"]) == {"ledger", "sts", "anchor/sqlite", "keys/session", "keys/oidc", "auth/wallet_sig", "projections"}
 
 
 def test_readyz_turns_unready_when_the_anchor_file_goes_away_and_back(live: LiveServer, config: BrokerConfig) -> None:

@@ -91,7 +91,7 @@ def test_bad_plugin_selection_refuses_to_boot(tmp_path: Path, subprocess_env, va
 
 def test_serve_boots_warns_on_non_loopback_and_stops_on_sigterm(tmp_path: Path, subprocess_env) -> None:
     port = free_port()
-    proc = subprocess.Popen([cli_path(), "serve", "--host", "0.0.0.0", "--port", str(port)], cwd=ROOT,
+    proc = subprocess.Popen([cli_path(), "serve", "--host", "0.0.0.0", "--port", str(port), "--skip-startup-check"], cwd=ROOT,
                             env={**subprocess_env, **broker_env(tmp_path)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -108,6 +108,42 @@ def test_serve_boots_warns_on_non_loopback_and_stops_on_sigterm(tmp_path: Path, 
         assert proc.wait(timeout=30) == 0
         err = proc.stderr.read() if proc.stderr else ""
         assert "non-loopback" in err and "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_failing_startup_sts_check_refuses_to_bind(tmp_path: Path, subprocess_env) -> None:
+    """§H 99: without --skip-startup-check a failing GetCallerIdentity means no bind."""
+    port = free_port()
+    out = subprocess.run([cli_path(), "serve", "--port", str(port)], cwd=ROOT,
+                         env={**subprocess_env, **broker_env(tmp_path)}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "startup STS check failed" in out.stderr and "--skip-startup-check" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_startup_sts_check_passes_against_a_reachable_sts(tmp_path: Path, subprocess_env, dev_aws) -> None:
+    from tests.support_moto import sts_env
+
+    port = free_port()
+    env = {**subprocess_env, **broker_env(tmp_path, **sts_env(dev_aws))}
+    proc = subprocess.Popen([cli_path(), "serve", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+                time.sleep(0.1)
+        assert r.status_code == 200, r.text
+        assert "sts" in r.json()["ready"]
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

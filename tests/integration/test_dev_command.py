@@ -38,9 +38,21 @@ def test_dev_writes_dev_json_serves_and_stops_on_signal(tmp_path: Path, sig: sig
         assert info["url"] == f"http://127.0.0.1:{port}"
         assert Path(info["ledger_db"]).exists() and Path(info["anchor_db"]).exists()
         assert info["pids"]["broker"] == proc.pid
+        assert info["sts_endpoint"].startswith("http://127.0.0.1:")
+        sts_pid = info["pids"]["sts"]
         assert httpx.get(info["url"] + "/readyz").status_code == 200
         proc.send_signal(sig)
         assert proc.wait(timeout=20) == 0
+        import os
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(sts_pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("dev left its moto server running")
         _, err = proc.communicate()
         assert "Traceback" not in err
     finally:

@@ -13,7 +13,8 @@ from tests.conftest import ROOT
 
 RUNBOOK = (ROOT / "docs" / "operator-runbook.md").read_text()
 HEADINGS = set(re.findall(r"^#{2,4} ([\w-]+)\s*$", RUNBOOK, flags=re.M))
-ISSUER = {"BROKER_OIDC_ISSUER": "https://broker.test.invalid"}
+ISSUER = {"BROKER_OIDC_ISSUER": "https://broker.test.invalid",
+          "BROKER_DATA_ROLE_ARN": "arn:aws:iam::123456789012:role/agentkeys-data-role"}
 
 
 def test_defaults_put_every_file_under_the_data_dir(tmp_path: Path) -> None:
@@ -73,7 +74,7 @@ def _boot_failure_anchors() -> set[str]:
 
 
 def test_every_runbook_anchor_used_in_code_is_a_heading() -> None:
-    used = {s.anchor for s in cfg.SETTINGS} | _boot_failure_anchors()
+    used = {s.anchor for s in cfg.all_settings()} | _boot_failure_anchors()
     assert "audit-anchor-empty" in used  # the scan sees literal anchors
     missing = sorted(a for a in used if a not in HEADINGS)
     assert not missing, f"runbook lacks headings for: {missing}"
@@ -119,7 +120,7 @@ def test_seed_boot_failures(tmp_path: Path, env: dict, anchor: str, fragment: st
 
 
 def test_http_issuer_is_allowed_in_dev_mode(tmp_path: Path) -> None:
-    c = BrokerConfig.from_env({"BROKER_OIDC_ISSUER": "http://localhost:8080", "BROKER_DEV_MODE": "true",
+    c = BrokerConfig.from_env({**ISSUER, "BROKER_OIDC_ISSUER": "http://localhost:8080", "BROKER_DEV_MODE": "true",
                                "BROKER_DATA_DIR": str(tmp_path)})
     assert c.siwe_domain == "localhost:8080" and c.issuer == "http://localhost:8080"
 

@@ -373,6 +373,15 @@ def test_blank_lines_and_crlf_are_tolerated(tmp_path: Path) -> None:
     assert audit.verify_export(path).valid
 
 
+def test_a_file_without_newlines_is_an_error_not_a_memory_blowup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audit, "MAX_LINE", 3 << 20)
+    path = write_export(tmp_path / "e.jsonl", make_records(1))
+    with path.open("ab") as f:
+        f.write(b"x" * (8 << 20))
+    with pytest.raises(AuditError, match="line 3: longer than 3 MiB"):
+        audit.verify_export(path)
+
+
 def test_two_records_on_one_line_are_not_accepted(tmp_path: Path) -> None:
     records = make_records(4)
     path = write_export(tmp_path / "e.jsonl", [records[0], _ENC.encode(records[1]) + b"," + _ENC.encode(records[2]), records[3]])
@@ -382,7 +391,7 @@ def test_two_records_on_one_line_are_not_accepted(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "header,message",
     [
-        (b"", "empty file"),
+        (b"", "line 1: empty"),
         (b"not json", "not an agentkeys-ledger export header"),
         (b'{"format":"other","v":1,"records":0,"head":{"seq":0,"hash":"00"}}', "not an agentkeys-ledger export header"),
         (b'{"format":"agentkeys-ledger","v":2,"records":0,"head":{"seq":0,"hash":"00"}}', "unsupported export format version 2"),
@@ -523,6 +532,13 @@ def test_export_of_an_empty_ledger(tmp_path: Path) -> None:
     )
     report = audit.verify_export(tmp_path / "e.jsonl")
     assert report.valid and report.head_hash == GENESIS
+
+
+def test_export_refuses_to_overwrite_the_ledger(db: tuple[Path, list[dict[str, Any]]]) -> None:
+    path, _ = db
+    with pytest.raises(AuditError, match="over itself"):
+        audit.export_ledger(path, path)
+    assert audit.verify_database(path).valid
 
 
 def test_a_failed_export_leaves_no_file(db: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> None:

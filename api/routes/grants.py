@@ -1,0 +1,57 @@
+"""`POST /v1/grant/create`, `POST /v1/grant/revoke`, `GET /v1/grant/list` (seed-spec §B.10)."""
+
+from __future__ import annotations
+
+from litestar import Request, get, post
+from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
+from litestar.params import JSONBody
+
+from ..auth.bearer import bearer_token, verify_session
+from ..schemas import (
+    ErrorBody,
+    GrantCreateRequest,
+    GrantCreateResponse,
+    GrantListResponse,
+    GrantRevokeRequest,
+    GrantRevokeResponse,
+    GrantView,
+)
+
+_ERRORS = {
+    400: ResponseSpec(data_container=ErrorBody, description="Malformed request, or grant not found / not yours / already revoked"),
+    401: ResponseSpec(data_container=ErrorBody, description="Missing or invalid session JWT"),
+    403: ResponseSpec(data_container=ErrorBody, description="The session cannot grant (not a wallet session)"),
+    409: ResponseSpec(data_container=ErrorBody, description="The daemon address is bound with another role in this account"),
+}
+
+
+def _claims(request: Request, state: State):  # noqa: ANN202
+    services = state.services
+    return verify_session(bearer_token(request.headers), services.session_keys, services.config.issuer)
+
+
+@post("/v1/grant/create", status_code=200, tags=["grants"], summary="Grant a daemon wallet a service and scope",
+      responses=_ERRORS)
+async def grant_create(data: JSONBody[GrantCreateRequest], request: Request, state: State) -> GrantCreateResponse:
+    claims = _claims(request, state)
+    event = await state.services.grants.create(
+        claims, daemon_address=data.daemon_address, service=data.service, scope_path=data.scope_path,
+        expires_at=data.expires_at, max_uses=data.max_uses)
+    return GrantCreateResponse(grant_id=event.grant_id, audit_proof=event.audit_proof)
+
+
+@post("/v1/grant/revoke", status_code=200, tags=["grants"], summary="Revoke a grant (effective for the next mint)",
+      responses=_ERRORS)
+async def grant_revoke(data: JSONBody[GrantRevokeRequest], request: Request, state: State) -> GrantRevokeResponse:
+    claims = _claims(request, state)
+    await state.services.grants.revoke(claims, data.grant_id)
+    return GrantRevokeResponse(grant_id=data.grant_id, revoked=True)
+
+
+@get("/v1/grant/list", tags=["grants"], summary="The caller's grants, newest first", responses=_ERRORS,
+     sync_to_thread=True)
+def grant_list(request: Request, state: State) -> GrantListResponse:
+    claims = _claims(request, state)
+    rows = state.services.grants.list(claims)
+    return GrantListResponse(grants=[GrantView(**row.wire()) for row in rows])
