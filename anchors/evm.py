@@ -457,9 +457,12 @@ class EvmAnchor:
 
     # --- extras ---------------------------------------------------------------------------
 
-    def start(self) -> "EvmAnchor":
-        """Check the chain (raises `AnchorUnavailable` with the reason) and start the worker."""
-        self.check_chain()
+    def start(self, *, check: bool = True) -> "EvmAnchor":
+        """Check the chain (raises `AnchorUnavailable` with the reason) and start the worker.
+        With `check=False` the worker starts anyway and keeps checking (and not sending) until
+        the chain is right; `ready()` reports why meanwhile."""
+        if check:
+            self.check_chain()
         self._ensure_worker()
         self._wake.set()
         return self
@@ -791,6 +794,17 @@ class EvmAnchor:
                     "confirmed up to %d now", b.first_seq, b.last_seq, why, len(rows), b.first_seq, self._confirmed)
         self._w.tracked_head = None
 
+    def _orphan_if_gone(self, w3: Any, b: BatchRow, why: str) -> bool:
+        """Orphan `b` (and every later batch) unless its receipt still shows it mined: a lower
+        `lastSeq()` than expected may be a read from a lagging RPC node, not a reorg."""
+        if b.tx_hash is not None:
+            r = self._receipt(w3, b.tx_hash)
+            if r is not None and r["status"] == 1:
+                log.debug("evm anchor: %s, but batch %d..%d still has its receipt; waiting", why, b.first_seq, b.last_seq)
+                return False
+        self._orphan(b, why)
+        return True
+
     def _track_mined(self, w3: Any, head: int, head_hash: str) -> bool:
         w = self._w
         mined = [b for b in self._store.batches(statuses=("sent",)) if b.block_number is not None]
@@ -855,8 +869,7 @@ class EvmAnchor:
         if chain_last < b.first_seq - 1:
             below = [x for x in self._store.batches(since_seq=chain_last + 1) if x.mined and x.first_seq < b.first_seq]
             if below:
-                self._orphan(below[0], f"the contract's lastSeq is {chain_last}")
-                return True
+                return self._orphan_if_gone(w3, below[0], f"the contract's lastSeq is {chain_last}")
             raise AnchorUnavailable(
                 f"the contract's lastSeq is {chain_last} but this anchor's next batch starts at {b.first_seq}; "
                 f"seqs {chain_last + 1}..{b.first_seq - 1} are in no batch (wrong contract or state file?)")
@@ -965,6 +978,10 @@ class EvmAnchor:
         last_batched = self._last_batched
         if accepted <= last_batched:
             return False
+        if accepted - last_batched < self.config.batch_max:  # not full: wait for the oldest record's age limit
+            oldest = self._oldest_unbatched()
+            if oldest is not None and self._clock() - oldest < self.config.batch_max_wait_ms / 1000:
+                return False
         contract = self._contract(w3)
         chain_last = int(contract.functions.lastSeq().call())
         next_first = last_batched + 1
@@ -978,13 +995,8 @@ class EvmAnchor:
         elif chain_last < last_batched:
             below = [x for x in self._store.batches(since_seq=chain_last + 1) if x.mined]
             if below:
-                self._orphan(below[0], f"the contract's lastSeq is {chain_last}")
-                return True
-        pending = accepted - next_first + 1
-        if pending < self.config.batch_max:
-            oldest = self._oldest_unbatched()
-            if oldest is not None and self._clock() - oldest < self.config.batch_max_wait_ms / 1000:
-                return False
+                return self._orphan_if_gone(w3, below[0], f"the contract's lastSeq is {chain_last}")
+            return False
         last = min(accepted, next_first + self.config.batch_max - 1)
         hashes = self._store.record_hashes(next_first, last)
         if len(hashes) != last - next_first + 1:

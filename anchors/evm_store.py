@@ -298,7 +298,7 @@ class EvmStore:
         return BatchRow(*row) if row else None
 
     def last_batched_seq(self) -> int:
-        return self._run(lambda c: int(c.execute("SELECT COALESCE(MAX(last_seq), 0) FROM evm_batches").fetchone()[0]))
+        return self._run(_last_batched)
 
     def batch_count(self) -> int:
         return self._run(lambda c: int(c.execute("SELECT COUNT(*) FROM evm_batches").fetchone()[0]))
@@ -312,7 +312,7 @@ class EvmStore:
         now = time.time()
 
         def op(c: sqlite3.Connection) -> int:
-            last_batched = int(c.execute("SELECT COALESCE(MAX(last_seq), 0) FROM evm_batches").fetchone()[0])
+            last_batched = _last_batched(c)
             has_any = c.execute("SELECT 1 FROM evm_batches LIMIT 1").fetchone() is not None
             if has_any and first != last_batched + 1:
                 raise AnchorUnavailable(f"internal: batch {first}..{last} does not continue batch ending at {last_batched}")
@@ -384,14 +384,16 @@ class EvmStore:
 
     def confirmed_upto(self) -> int:
         def op(c: sqlite3.Connection) -> int:
-            row = c.execute("SELECT MIN(first_seq) FROM evm_batches WHERE status != 'confirmed'").fetchone()
-            limit = row[0]
-            if limit is None:
-                got = c.execute("SELECT MAX(last_seq) FROM evm_batches WHERE status = 'confirmed'").fetchone()[0]
+            # every batch below the lowest unconfirmed one is confirmed: the one just below it ends
+            # the confirmed prefix (indexed lookups only; the table grows by one row per batch)
+            lowest_open = c.execute(
+                "SELECT MIN(first_seq) FROM evm_batches WHERE status IN ('pending', 'sent', 'orphaned')").fetchone()[0]
+            if lowest_open is None:
+                row = c.execute("SELECT last_seq FROM evm_batches ORDER BY first_seq DESC LIMIT 1").fetchone()
             else:
-                got = c.execute("SELECT MAX(last_seq) FROM evm_batches WHERE status = 'confirmed' AND last_seq < ?",
-                                (limit,)).fetchone()[0]
-            return int(got or 0)
+                row = c.execute("SELECT last_seq FROM evm_batches WHERE first_seq < ? ORDER BY first_seq DESC LIMIT 1",
+                                (lowest_open,)).fetchone()
+            return int(row[0]) if row else 0
 
         return self._run(op)
 
@@ -401,9 +403,11 @@ class EvmStore:
             return False
 
         def op(c: sqlite3.Connection) -> bool:
-            row = c.execute(
-                "SELECT r.hash FROM evm_records r JOIN evm_batches b ON r.seq BETWEEN b.first_seq AND b.last_seq "
-                "WHERE r.seq = ? AND b.status = 'confirmed'", (seq,)).fetchone()
+            batch = c.execute("SELECT last_seq, status FROM evm_batches WHERE first_seq <= ? ORDER BY first_seq DESC "
+                              "LIMIT 1", (seq,)).fetchone()
+            if batch is None or batch[0] < seq or batch[1] != "confirmed":
+                return False
+            row = c.execute("SELECT hash FROM evm_records WHERE seq = ?", (seq,)).fetchone()
             return row is not None and row[0] == hash
 
         return self._run(op)
@@ -426,6 +430,11 @@ class EvmStore:
     def all_txs(self) -> list[TxRow]:
         rows = self._run(lambda c: c.execute(f"SELECT {_TX_COLS} FROM evm_txs ORDER BY sent_at").fetchall())
         return [TxRow(*r) for r in rows]
+
+
+def _last_batched(c: sqlite3.Connection) -> int:
+    row = c.execute("SELECT last_seq FROM evm_batches ORDER BY first_seq DESC LIMIT 1").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _insert_tx(c: sqlite3.Connection, tx: TxRow, batch_id: int) -> None:

@@ -14,6 +14,7 @@ from litestar.openapi.spec import Components  # noqa: F401  (kept for later secu
 
 from .errors import EXCEPTION_HANDLERS
 from .readiness import evaluate
+from .routes.auth_exchange import auth_exchange
 from .routes.auth_wallet import wallet_start, wallet_verify
 from .routes.grants import grant_create, grant_list, grant_revoke
 from .routes.mint import mint_aws_creds
@@ -63,12 +64,14 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
         try:
             yield
         finally:
+            if services.legacy is not None:
+                await services.legacy.backend.aclose()
             if manage_lifecycle:
                 services.stop()
 
     return Litestar(
         route_handlers=[healthz, readyz, audit_head, wallet_start, wallet_verify, grant_create, grant_revoke,
-                        grant_list, mint_aws_creds],
+                        grant_list, mint_aws_creds, auth_exchange],
         request_max_body_size=services.config.body_limit_bytes,
         state=State({"services": services}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

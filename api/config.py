@@ -89,6 +89,13 @@ SETTINGS: tuple[Setting, ...] = (
             "of the broker's clock, [5, 3600].", "mint-skew", "mint"),
     Setting("BROKER_RATE_LIMIT_MINTS_PER_HOUR_PER_OMNI", "30", "Mints one OmniAccount may request per hour, "
             "[1, 1000000]; beyond it 429 with Retry-After.", "rate-limits", "limits"),
+    Setting("BROKER_LEGACY_BEARER", "false", "`true` enables the seed's legacy opaque-bearer path: "
+            "`/v1/mint-aws-creds` with a non-JWT bearer and `/v1/auth/exchange`, validated by the backend.",
+            "legacy-bearer", "legacy"),
+    Setting("BROKER_BACKEND_URL", None, "Backend that validates legacy bearers (`GET /session/validate`); required "
+            "when `BROKER_LEGACY_BEARER=true`.", "backend-url", "legacy"),
+    Setting("BROKER_BACKEND_TIMEOUT_SECONDS", "10", "Timeout of a backend validation call, seconds, [1, 120].",
+            "backend-url", "legacy"),
     Setting("BROKER_ANCHOR_DEADLINE_MS", "10000", "Longest wait for the required anchors inside a request, "
             "milliseconds, [100, 120000]; past it 503 `anchor_unavailable`, nothing released.", "anchor-deadline", "audit"),
 )
@@ -146,6 +153,17 @@ def _anchors(env: Mapping[str, str]) -> tuple[str, ...]:
         raise BootFailure("BROKER_AUDIT_ANCHORS", env.get("BROKER_AUDIT_ANCHORS"),
                           "at least one audit anchor must be configured (default `sqlite`)", "audit-anchor-empty")
     return tuple(names)
+
+
+def _backend_url(env: Mapping[str, str]) -> str | None:
+    raw = (env.get("BROKER_BACKEND_URL") or "").strip()
+    if not raw:
+        if _bool(env, "BROKER_LEGACY_BEARER"):
+            raise BootFailure("BROKER_BACKEND_URL", None, "required when BROKER_LEGACY_BEARER=true", "backend-url")
+        return None
+    if not (raw.startswith("http://") or raw.startswith("https://")) or any(c.isspace() for c in raw):
+        raise BootFailure("BROKER_BACKEND_URL", raw, "must be an absolute http(s) URL", "backend-url")
+    return raw.rstrip("/")
 
 
 def _sts(env: Mapping[str, str]) -> Any:
@@ -252,6 +270,9 @@ class BrokerConfig:
     grants_required: bool = True
     mint_max_skew_s: int = 300
     mints_per_hour_per_omni: int = 30
+    legacy_bearer: bool = False
+    backend_url: str | None = None
+    backend_timeout_s: int = 10
     sts: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -323,6 +344,9 @@ class BrokerConfig:
             grants_required=_bool(env, "BROKER_GRANTS_REQUIRED"),
             mint_max_skew_s=_int(env, "BROKER_MINT_MAX_SKEW_SECONDS", 5, 3600),
             mints_per_hour_per_omni=_int(env, "BROKER_RATE_LIMIT_MINTS_PER_HOUR_PER_OMNI", 1, 1_000_000),
+            legacy_bearer=_bool(env, "BROKER_LEGACY_BEARER"),
+            backend_url=_backend_url(env),
+            backend_timeout_s=_int(env, "BROKER_BACKEND_TIMEOUT_SECONDS", 1, 120),
             data_dir=data_dir,
             ledger_db=path("BROKER_LEDGER_DB", "ledger.sqlite"),
             anchor_db=path("BROKER_SQLITE_ANCHOR_DB", "anchor.sqlite"),

@@ -39,13 +39,14 @@ from ledger.aggregates import Grant, GrantRefused, MintRequest, stream_id
 from ledger.app import Ledger
 from ledger.errors import ConcurrencyConflict
 from ledger.events import GrantCreated, MintAuthorized, MintDenied, MintRequested, MintWithheld
+from ledger.canonical import canonical_bytes
 from ledger.gate import ReleaseGate
+from ledger.identity import evm_omni_account
 from ledger.ports import AssumeRoleRequest, CredentialMinter, StsError
 from projections.grants import grants_for_daemon
 from projections.runner import ProjectionRunner
 
 from .auth.bearer import verify_session
-from .auth.session_jwt import SessionClaims
 from .auth.signatures import SignatureError, verify_personal_sign
 from .errors import ApiError
 from .grants import normalize_scope, scope_covers
@@ -138,7 +139,9 @@ class MintService:
         claims = verify_session(token, self.session_keys, self.issuer)
         body = self._parse(raw)
         wallet = claims.agentkeys.wallet_address
-        ctx = _Ctx(claims=claims, body=body, wallet=body.auth.address.lower())
+        ctx = _Ctx(omni_account=claims.omni_account, identity_type=claims.agentkeys.identity_type,
+                   identity_value=claims.agentkeys.identity_value, session_jti=claims.jti, body=body,
+                   wallet=body.auth.address.lower())
 
         decision = self.mint_limiter.check(claims.omni_account)
         if not decision.allowed:
@@ -170,10 +173,36 @@ class MintService:
             raise ApiError("bad_request", f"bad request: issued_at is more than {self.max_skew_s} s from now",
                            reason="stale_request")
 
+        return await self._release(ctx, digest, audit_id=f"aud_{int(issued.timestamp())}_{digest[:16]}")
+
+    async def mint_legacy(self, *, wallet: str, token_sha256: str, service: str) -> MintResult:
+        """The legacy bearer path (seed-spec §B.3, only with BROKER_LEGACY_BEARER=true): the backend
+        vouched for `wallet`; there is no per-call signature, so the request id is generated and the
+        same grant check, ledger records and release gate apply."""
+        now = self.clock()
+        request_id = f"legacy-{uuid.uuid4().hex}"
+        body = MintBody(request_id=request_id,
+                        issued_at=datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                        intent=MintIntent(agent_id="legacy", service=service, scope_path=""),
+                        auth=MintAuth(address=wallet, signature=""))
+        ctx = _Ctx(omni_account=evm_omni_account(wallet), identity_type="legacy_bearer",
+                   identity_value=token_sha256, session_jti="", body=body, wallet=wallet.lower())
+        decision = self.mint_limiter.check(ctx.omni_account)
+        if not decision.allowed:
+            await self._deny(ctx, "rate_limited", "too many mints for this account")
+            raise ApiError("rate_limited", "rate limited: too many mints for this account",
+                           reason="rate_limited", headers={"Retry-After": str(decision.retry_after_seconds)})
+        digest = hashlib.sha256(canonical_bytes({"legacy_bearer_sha256": token_sha256, "request_id": request_id,
+                                                 "wallet": ctx.wallet})).hexdigest()
+        return await self._release(ctx, digest, audit_id=f"aud_{int(now)}_{digest[:16]}")
+
+    async def _release(self, ctx: "_Ctx", digest: str, *, audit_id: str) -> MintResult:
+        """Admission, STS, `MintAuthorized`, the gate: shared by both paths."""
+        body = ctx.body
         requested, grant = await self._admit(ctx, digest)
 
         request = AssumeRoleRequest(
-            wallet=ctx.wallet, omni_account=grant.master_omni_account if grant else claims.omni_account,
+            wallet=ctx.wallet, omni_account=grant.master_omni_account if grant else ctx.omni_account,
             agent_id=body.intent.agent_id, service=body.intent.service, scope_path=body.intent.scope_path,
             duration_seconds=self.duration_s,
         )
@@ -187,7 +216,7 @@ class MintService:
             raise ApiError("sts_error", f"sts error: {exc.code}: {exc.message}"[:600]) from None
 
         authorized = MintAuthorized(
-            request_id=body.request_id, request_digest=digest, omni_account=claims.omni_account, wallet=ctx.wallet,
+            request_id=body.request_id, request_digest=digest, omni_account=ctx.omni_account, wallet=ctx.wallet,
             agent_id=body.intent.agent_id, service=body.intent.service, scope_path=body.intent.scope_path,
             grant_id=requested.grant_id, role_arn=creds.role_arn, sts_session_name=creds.session_name,
             access_key_id=creds.access_key_id, expiration=creds.expiration,
@@ -206,7 +235,7 @@ class MintService:
         return MintResult(
             access_key_id=creds.access_key_id, secret_access_key=creds.secret_access_key,
             session_token=creds.session_token, expiration=creds.expiration, wallet=body.auth.address,
-            audit_record_id=f"aud_{int(issued.timestamp())}_{digest[:16]}", seq=record.seq,
+            audit_record_id=audit_id, seq=record.seq,
             record_hash=record.hash, anchored=result.anchored,
         )
 
@@ -228,7 +257,7 @@ class MintService:
             body.intent, scope_path=normalize_scope(body.intent.scope_path, body.intent.service)))
 
     async def _admit(self, ctx: "_Ctx", digest: str) -> tuple[MintRequested, GrantCreated | None]:
-        body, claims = ctx.body, ctx.claims
+        body = ctx.body
         stream = MintRequest.stream_for(ctx.wallet, body.request_id)
         for _ in range(10):
             if self.ledger.load(MintRequest, stream).version > 0:
@@ -241,11 +270,11 @@ class MintService:
                 raise
             now = int(self.clock())
             requested = MintRequested(
-                request_id=body.request_id, request_digest=digest, omni_account=claims.omni_account,
-                identity_type=claims.agentkeys.identity_type, identity_value=claims.agentkeys.identity_value,
+                request_id=body.request_id, request_digest=digest, omni_account=ctx.omni_account,
+                identity_type=ctx.identity_type, identity_value=ctx.identity_value,
                 wallet=ctx.wallet, agent_id=body.intent.agent_id, service=body.intent.service,
                 scope_path=body.intent.scope_path, grant_id=grant.grant_id if grant else "",
-                session_jti=claims.jti,
+                session_jti=ctx.session_jti,
             )
             parts = []
             if grant_agg is not None:
@@ -292,7 +321,7 @@ class MintService:
         return None, None
 
     async def _deny(self, ctx: "_Ctx", reason: str, detail: str, *, grant_id: str | None = None) -> None:
-        event = MintDenied(request_id=ctx.body.request_id[:128], wallet=ctx.wallet, omni_account=ctx.claims.omni_account,
+        event = MintDenied(request_id=ctx.body.request_id[:128], wallet=ctx.wallet, omni_account=ctx.omni_account,
                            reason=reason, detail=detail[:500], grant_id=grant_id,  # type: ignore[arg-type]
                            service=ctx.body.intent.service[:64])
         await self.ledger.append_async(stream_id("mint-denial", uuid.uuid4().hex), 0, [event])
@@ -300,7 +329,12 @@ class MintService:
 
 @dataclass
 class _Ctx:
-    claims: SessionClaims
+    """Who is minting: from the session JWT (v2) or from the legacy backend's answer."""
+
+    omni_account: str
+    identity_type: str
+    identity_value: str
+    session_jti: str
     body: MintBody
     wallet: str
 

@@ -27,6 +27,7 @@ from projections.runner import ProjectionRunner
 from .auth.session_jwt import SessionSigner
 from .auth.wallet import WalletAuth
 from .grants import GrantService
+from .legacy import LegacyBackend, LegacyService
 from .mint import MintService
 from .sts import BotoStsMinter
 from .client_ip import client_ip
@@ -74,6 +75,7 @@ class Services:
     minter: Any
     grants: GrantService
     mint: MintService
+    legacy: LegacyService | None = None
     _started: bool = field(default=False, repr=False)
     _sts_probe: tuple[float, Readiness] | None = field(default=None, repr=False)
 
@@ -118,6 +120,10 @@ class Services:
                 challenge_limiter=RateLimiter(config.challenges_per_hour_per_ip, HOUR),
                 failed_verify_limiter=RateLimiter(config.failed_verifies_per_hour_per_ip, HOUR),
             )
+            if config.legacy_bearer and config.backend_url:
+                services.legacy = LegacyService(
+                    backend=LegacyBackend(config.backend_url, config.backend_timeout_s), ledger=ledger, signer=signer,
+                    gate=gate, mint_service=mint)
             services.record_signing_keys()
         except BaseException:
             ledger.close()

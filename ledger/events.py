@@ -123,6 +123,8 @@ AuthFailureReason = Literal[
     "signature_high_s",
     "signature_unrecoverable",
     "address_mismatch",
+    "backend_rejected",
+    "backend_unreachable",
 ]
 
 

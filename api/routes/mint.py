@@ -10,7 +10,7 @@ from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Operation
 
 from ..auth.bearer import bearer_token
-from ..errors import ApiError
+from ..auth.session_jwt import looks_like_session_jwt
 from ..schemas import ErrorBody, MintRequestSchema, MintResponse
 
 _ERRORS = {
@@ -61,9 +61,10 @@ async def mint_aws_creds(request: Request, state: State) -> MintResponse:
     services = state.services
     token = bearer_token(request.headers)
     raw = await request.body()
-    if services.mint is None:
-        raise ApiError("unavailable", "minting is not configured")
-    result = await services.mint.mint(token, raw)
+    if services.legacy is not None and not looks_like_session_jwt(token):
+        result = await services.legacy.mint(token)  # seed §B.3: the body is ignored on this path
+    else:
+        result = await services.mint.mint(token, raw)
     return MintResponse(
         access_key_id=result.access_key_id, secret_access_key=result.secret_access_key,
         session_token=result.session_token, expiration=result.expiration, wallet=result.wallet,

@@ -579,3 +579,64 @@ def test_checkpoint_file_errors(env: Env) -> None:
     assert proc.returncode == 2
     proc = inproc("audit", "verify", "--export", env.export, "--checkpoint", env.path("no-such-dir") / "cp.json")
     assert proc.returncode == 2 and "cannot write checkpoint" in proc.stderr, proc
+
+
+# --- reading the chain ------------------------------------------------------------------------------
+
+
+def test_reader_chunks_and_falls_back_without_batch_requests(env: Env, w3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many batches are read in JSON-RPC batch requests of `RPC_BATCH` calls; an endpoint that
+    refuses batch requests is read one call at a time, with the same result."""
+    from anchors import chain_audit
+
+    monkeypatch.setattr(chain_audit, "RPC_BATCH", 3)
+    batched = list(ChainReader(w3, [env.contract]).batches(env.contract))
+    reader = ChainReader(env.rpc, [env.contract])
+
+    def refuse(*a: Any, **k: Any) -> Any:
+        raise RuntimeError("batch requests are not supported")
+
+    monkeypatch.setattr(reader.w3.provider, "make_batch_request", refuse)
+    single = list(reader.batches(env.contract))
+    assert batched == single
+    assert [(b.index, b.first_seq, b.last_seq) for b in single] == [(i, lo, hi) for i, (lo, hi) in enumerate(BATCHES)]
+    for b, (lo, hi) in zip(single, BATCHES):
+        hashes = [r["hash"] for r in env.records[lo - 1 : hi]]
+        assert b.root == merkle.root(merkle.leaves_from_record_hashes(hashes))
+        assert b.chain_head.hex() == hashes[-1]
+        assert b.block_number == env.receipts[b.index]["blockNumber"]
+
+
+def test_reading_at_a_pinned_block(env: Env) -> None:
+    """`--block N` reads the contract as it was at block N: later batches are not yet there."""
+    block_of_batch_2 = env.receipts[2]["blockNumber"]
+    short = write_export(env.path("short.jsonl"), env.records[:20])
+    rc, rep = verify_json("--export", short, "--rpc", env.rpc, "--contract", env.contract, "--block", str(block_of_batch_2))
+    assert rc == 0 and rep["chain"]["anchored_upto"] == 16 and rep["chain"]["block"] == block_of_batch_2, rep
+    rc, rep = verify_json("--export", short, "--rpc", env.rpc, "--contract", env.contract, "--block", "latest")
+    assert rc == 1 and kinds(rep) == [(s, "truncated") for s in range(21, 30)]
+    proc = prove(env, 20, "--block", str(block_of_batch_2))
+    assert proc.returncode == 2 and "not anchored" in proc.stderr
+    assert prove(env, 20, "--block", "bogus").returncode == 2
+
+
+def test_a_look_alike_contract_is_refused(env: Env, w3: Any, isolated: Anvil) -> None:
+    """Code that is not the AuditAnchor artifact could answer anything: refused before reading."""
+    init = "0x600060005360016000f3"  # deploys the one-byte runtime code 0x00
+    receipt = chain_tools.send_transaction(w3, isolated.accounts[0], tx={"data": init, "gas": 100_000})
+    address = receipt["contractAddress"]
+    assert bytes(w3.eth.get_code(address)) == b"\x00"
+    proc = inproc("audit", "verify", "--export", env.export, "--rpc", env.rpc, "--contract", address)
+    assert proc.returncode == 2 and "is not the AuditAnchor contract" in proc.stderr, proc.stderr
+
+
+def test_damaged_lines_leave_their_batch_unchecked(env: Env) -> None:
+    """A record the verifier cannot read makes its batch's root uncomputable: the verifier's
+    `modified` is the finding; the other batches are still checked against the chain."""
+    lines = env.export.read_bytes().split(b"\n")
+    lines[7] = b"#" + lines[7]  # seq 7 (line 1 is the header) is no longer JSON
+    damaged = env.path("damaged.jsonl")
+    damaged.write_bytes(b"\n".join(lines))
+    rc, rep = verify_json("--export", damaged, "--rpc", env.rpc, "--contract", env.contract)
+    assert rc == 1 and kinds(rep) == [(7, "modified")], rep
+    assert rep["chain"]["checked_batches"] == 3 and rep["chain"]["batches"] == 4

@@ -138,18 +138,22 @@ def wait_confirmed(anchor: EvmAnchor, seq: int, timeout_s: float = 10.0) -> None
 
 
 def test_batches_cut_by_size_then_by_age_one_tx_each(env: Env) -> None:
-    anchor = env.anchor(batch_max=10, batch_max_wait_ms=400)
+    now = [0.0]  # the anchor's clock (batch ages); frozen unless the test moves it
+    anchor = env.anchor(batch_max=10, batch_max_wait_ms=400, clock=lambda: now[0])
     chain = make_chain(25)
-    t0 = time.monotonic()
     anchor.submit(chain)
-    wait_confirmed(anchor, 20)
-    assert time.monotonic() - t0 < 0.4 + 0.3  # the two full batches did not wait for the age limit
+    wait_confirmed(anchor, 20)  # two full batches go at once
     assert [(b["first_seq"], b["last_seq"]) for b in anchor.batches()] == [(1, 10), (11, 20)]
+    time.sleep(0.3)
+    now[0] += 0.39
+    time.sleep(0.2)
+    assert len(anchor.batches()) == 2 and anchor.confirmed_upto() == 20  # 21..25 wait for their age limit
+    now[0] += 0.02
     wait_confirmed(anchor, 25)
-    waited = time.monotonic() - t0
-    assert waited >= 0.4, f"the partial batch was cut after {waited:.3f}s, before batch_max_wait_ms"
     assert [(b["first_seq"], b["last_seq"]) for b in anchor.batches()] == [(1, 10), (11, 20), (21, 25)]
-    # a lone record waits for its age limit, then goes alone
+    anchor.close()
+    # with the real clock: a lone record waits batch_max_wait_ms, then goes alone
+    anchor = env.anchor(batch_max=10, batch_max_wait_ms=400)
     t1 = time.monotonic()
     anchor.submit(extend(chain, 1))
     wait_confirmed(anchor, 26)
@@ -162,6 +166,19 @@ def test_batches_cut_by_size_then_by_age_one_tx_each(env: Env) -> None:
     for local, onchain in zip(anchor.batches(), batches):
         assert (local["root"], local["chain_head"]) == (onchain.root, onchain.chain_head)
     assert all(anchor.verify(r.seq, r.hash) for r in chain)
+
+
+def test_migrated_contract_starts_at_its_start_seq(env: Env) -> None:
+    migrated = chain_tools.deploy(env.w3, env.owner, env.payer.address, 11)  # the old contract held 1..10
+    anchor = env.anchor(contract_address=migrated.address, state_path=env.tmp_path / "migrated.sqlite")
+    chain = make_chain(15)
+    anchor.submit(chain)
+    wait_confirmed(anchor, 15)
+    assert [(b["first_seq"], b["last_seq"]) for b in anchor.batches()] == [(11, 15)]
+    assert not anchor.verify(5, chain[4].hash)  # not witnessed by this contract
+    assert anchor.verify(12, chain[11].hash)
+    batches = read_chain_batches(migrated.contract)
+    assert check_contiguity(batches, 11) == [] and batches[-1].last_seq == 15
 
 
 def test_confirmation_depth_is_respected(env: Env) -> None:
@@ -187,14 +204,26 @@ def test_confirmation_depth_is_respected(env: Env) -> None:
 # --- the RPC going away ------------------------------------------------------------------------
 
 
-def test_rpc_hang_sigstop_then_resume(env: Env) -> None:
+def test_rpc_hang_sigstop_mid_batch_then_resume(env: Env) -> None:
     anchor = env.anchor(batch_max=5, rpc_timeout_s=1.0)
     chain = make_chain(10)
     anchor.submit(chain)
     wait_confirmed(anchor, 10)
     assert anchor.ready().ok
-    os.kill(env.node.pid, signal.SIGSTOP)
+    broadcast = anchor._broadcast
+    stopped = threading.Event()
+
+    def hang_mid_batch(w3: Any, tx: Any) -> None:  # the node hangs after write-ahead, during the broadcast
+        if not stopped.is_set():
+            stopped.set()
+            os.kill(env.node.pid, signal.SIGSTOP)
+        broadcast(w3, tx)
+
+    anchor._broadcast = hang_mid_batch  # type: ignore[method-assign]
+    more = extend(chain, 12)
     try:
+        anchor.submit(more)
+        wait_for(stopped.is_set, 5, "the broadcast of batch 11..15")
         time.sleep(1.1)  # past the readiness cache
         t = time.monotonic()
         readiness = anchor.ready()
@@ -202,20 +231,19 @@ def test_rpc_hang_sigstop_then_resume(env: Env) -> None:
         assert readiness.status == "unready", readiness
         assert took < 1.0 + 0.5, f"ready() took {took:.2f}s with rpc_timeout_s=1"
         assert "did not answer" in readiness.detail or "unreachable" in readiness.detail
-        more = extend(chain, 12)
         t = time.monotonic()
-        anchor.submit(more)  # accepted locally, at once
+        anchor.submit(extend(more, 3))  # accepted locally, at once
         assert time.monotonic() - t < 0.5
-        assert anchor.accepted_upto() == 22
-        time.sleep(2.5)  # the worker meets timeouts and backs off
+        assert anchor.accepted_upto() == 25
+        time.sleep(2.0)  # the worker meets timeouts and backs off
         assert anchor.confirmed_upto() == 10
         assert anchor.worker_status()["last_error"]
     finally:
         os.kill(env.node.pid, signal.SIGCONT)
-    wait_confirmed(anchor, 22, 20)
+    wait_confirmed(anchor, 25, 20)
     wait_for(lambda: anchor.ready().ok, 5, "ready again")
-    batches = env.assert_contiguous(22)
-    assert [(b.first_seq, b.last_seq) for b in batches] == [(1, 5), (6, 10), (11, 15), (16, 20), (21, 22)]
+    batches = env.assert_contiguous(25)  # no duplicate, no missing batch, one transaction each
+    assert [(b.first_seq, b.last_seq) for b in batches] == [(1, 5), (6, 10), (11, 15), (16, 20), (21, 25)]
 
 
 def test_rpc_unreachable_then_restart_on_a_reachable_rpc(env: Env, tmp_path: Path) -> None:
