@@ -550,8 +550,8 @@ def _check_batch(
                 _add(findings, s, MISSING, f"absent from the export, anchored on chain in {batch.describe()}")
     if not complete:
         return None
-    view = memoryview(hashes)
-    leaves = [_sha256(_LEAF_PREFIX + view[o : o + 32]).digest() for o in range(first << 5, (last + 1) << 5, 32)]
+    with memoryview(hashes) as view:  # released at once: the bytearray stays resizable
+        leaves = [_sha256(_LEAF_PREFIX + view[o : o + 32]).digest() for o in range(first << 5, (last + 1) << 5, 32)]
     root = root_of_leaf_hashes(leaves)
     head = seqs.hash_bytes(last)
     if head != batch.chain_head:
@@ -759,6 +759,9 @@ def verify_with_chain(
     if (export is None) == (db is None):
         raise AuditError("give exactly one of an export file or a ledger database")
     cp_before = read_checkpoint(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None and not Path(checkpoint).resolve().parent.is_dir():
+        # found now rather than after a long run whose result could not be kept
+        raise CheckpointError(f"cannot write checkpoint {checkpoint}: its directory does not exist")
     seqs = SeqHashes()
     if export is not None:
         with audit.ExportReader(export, progress=progress) as r:

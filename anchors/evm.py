@@ -31,11 +31,17 @@ The worker, one iteration (`_step`), every `poll_interval_s` or when woken by `s
    - with no live transaction left, a new one is signed with the lowest nonce >= the account's
      mined nonce that no live transaction of another batch holds (never two batches on one nonce).
 5. **Cutting** a new batch when none is open: from the accepted records after the last batch,
-   `batch_max` of them, or fewer once the oldest has waited `batch_max_wait_ms`. The batch row and
-   its signed transaction (hash, nonce, fees, raw bytes) are committed **before** the broadcast
-   (write-ahead), so a crash at any point leaves a transaction a restart can find and re-send.
+   `batch_max` of them, or fewer once the oldest has waited `batch_max_wait_ms`. The batch row
+   (status `pending`) and its signed transaction (hash, nonce, fees, raw bytes) are committed
+   **before** the broadcast (write-ahead), so a crash at any point leaves a transaction a restart
+   can find and re-send; once a node accepts it the batch is `sent`.
    If the chain holds batches this state file does not know (a lost state file), they are adopted
    after comparing roots, never re-sent.
+
+Batch statuses (`batches()`): pending → sent → (mined: block set) → confirmed; a reorg makes a
+mined or confirmed batch `orphaned` until its re-sent transaction is accepted (`sent` again). A
+`lastSeq()` lower than expected orphans a batch only if its receipt is gone too (a lagging RPC node
+behind a load balancer is not a reorg).
 
 Assumptions (documented limits): the fee payer is dedicated to this anchor (another sender using
 its nonces delays batches until the nonce logic re-signs); one `EvmAnchor` per state file (an
@@ -893,8 +899,6 @@ class EvmAnchor:
             log.info("evm anchor: (re)broadcasting tx %s (nonce %d) for batch %d..%d", newest.tx_hash, newest.nonce,
                      b.first_seq, b.last_seq)
             self._broadcast(w3, newest)
-            if b.status == "orphaned":
-                self._store.set_status(b.id, "sent")
             return True
         if b.status == "orphaned":
             self._store.set_status(b.id, "sent")
@@ -1073,12 +1077,10 @@ class EvmAnchor:
         gas = self._estimate_gas(fn, b)
         tx = self._sign(fn, nonce=nonce, gas=gas, max_fee=max_fee, tip=tip)
         if fresh_batch:
-            self._store.insert_batch(b.first_seq, b.last_seq, b.root, b.chain_head, status="sent", tx=tx)
+            self._store.insert_batch(b.first_seq, b.last_seq, b.root, b.chain_head, status="pending", tx=tx)
             self._last_batched = self._store.last_batched_seq()
         else:
             self._store.add_tx(b.id, tx)
-            if b.status == "orphaned":
-                self._store.set_status(b.id, "sent")
         log.info("evm anchor: sending batch %d..%d (%d records) tx %s nonce %d", b.first_seq, b.last_seq, b.size,
                  tx.tx_hash, nonce)
         self._broadcast(w3, tx)
@@ -1122,7 +1124,7 @@ class EvmAnchor:
                 return
             else:
                 raise AnchorUnavailable(f"broadcasting tx {tx.tx_hash} (nonce {tx.nonce}) failed: {exc}") from exc
-        self._store.set_tx_state(tx.tx_hash, "sent")
+        self._store.mark_broadcast(tx.tx_hash)
         self._w.sent_at[tx.tx_hash] = self._clock()
 
     def _replace(self, w3: Any, b: BatchRow, old: TxRow) -> None:

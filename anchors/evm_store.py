@@ -7,8 +7,9 @@ Schema::
         -- every record accepted by submit(): exactly seqs 1..accepted_upto, no gap
     evm_batches(id INTEGER PRIMARY KEY, first_seq UNIQUE, last_seq, root, chain_head, status,
                 tx_hash, block_number, block_hash, nonce, gas_used, orphaned_count, created_at, updated_at)
-        -- contiguous ranges in first_seq order; status pending|sent|confirmed|orphaned;
-        -- `sent` with a block_number is mined and waiting for its confirmation depth
+        -- contiguous ranges in first_seq order; status pending (cut, its transaction written
+        -- ahead but not yet accepted by a node) | sent (broadcast; with a block_number: mined,
+        -- waiting for its confirmation depth) | confirmed | orphaned (a reorg removed it; re-sent next)
     evm_txs(tx_hash TEXT PRIMARY KEY, batch_id, nonce, max_fee, max_priority_fee, gas, raw, sent_at, state)
         -- every transaction signed for a batch, written BEFORE it is broadcast (write-ahead), with
         -- its raw signed bytes so a restart can re-broadcast it; state signed|sent|mined|replaced|dropped|failed
@@ -334,11 +335,8 @@ class EvmStore:
 
         def op(c: sqlite3.Connection) -> None:
             _insert_tx(c, tx, batch_id)
-            c.execute(
-                "UPDATE evm_batches SET tx_hash = ?, nonce = ?, status = CASE WHEN status = 'pending' THEN 'sent' "
-                "ELSE status END, updated_at = ? WHERE id = ?",
-                (tx.tx_hash, tx.nonce, time.time(), batch_id),
-            )
+            c.execute("UPDATE evm_batches SET tx_hash = ?, nonce = ?, updated_at = ? WHERE id = ?",
+                      (tx.tx_hash, tx.nonce, time.time(), batch_id))
 
         self._run(op, write=True)
 
@@ -423,6 +421,17 @@ class EvmStore:
         rows = self._run(lambda c: c.execute(
             f"SELECT {_TX_COLS} FROM evm_txs WHERE batch_id != ? AND state IN ('signed', 'sent')", (batch_id,)).fetchall())
         return [TxRow(*r) for r in rows]
+
+    def mark_broadcast(self, tx_hash: str) -> None:
+        """The node accepted the transaction: it is `sent`, and so is its batch (from pending or
+        orphaned)."""
+
+        def op(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE evm_txs SET state = 'sent' WHERE tx_hash = ? AND state = 'signed'", (tx_hash,))
+            c.execute("UPDATE evm_batches SET status = 'sent', updated_at = ? WHERE id = (SELECT batch_id FROM evm_txs "
+                      "WHERE tx_hash = ?) AND status IN ('pending', 'orphaned')", (time.time(), tx_hash))
+
+        self._run(op, write=True)
 
     def set_tx_state(self, tx_hash: str, state: str) -> None:
         self._run(lambda c: c.execute("UPDATE evm_txs SET state = ? WHERE tx_hash = ?", (state, tx_hash)), write=True)

@@ -23,6 +23,7 @@ from .events import (
     GrantUsed,
     MintAuthorized,
     MintDenied,
+    MintQuarantined,
     MintRequested,
     MintWithheld,
     SessionIssued,
@@ -275,3 +276,23 @@ class MintRequest(Aggregate):
 
     def when_MintDenied(self, event: MintDenied) -> None:
         self.denied = event
+
+
+class QuarantineCase(Aggregate):
+    """One quarantine case (stream key: the `MintAuthorized` seq), opened at most once."""
+
+    kind = "quarantine"
+
+    def __init__(self, stream: uuid.UUID) -> None:
+        super().__init__(stream)
+        self.opened: MintQuarantined | None = None
+
+    @staticmethod
+    def stream_for(authorized_seq: int) -> uuid.UUID:
+        return stream_id(QuarantineCase.kind, str(authorized_seq))
+
+    def when_MintQuarantined(self, event: MintQuarantined) -> None:
+        self.opened = event
+
+    def open(self, event: MintQuarantined) -> list[Event]:
+        return [] if self.opened is not None else [event]

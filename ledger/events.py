@@ -295,3 +295,18 @@ class MintWithheld(Event, frozen=True, kw_only=True):
     access_key_id: str
     reason: str
     missing_anchors: list[str]
+
+
+class MintQuarantined(Event, frozen=True, kw_only=True):
+    """A released mint lost its audit guarantee: under a `*_primary` policy its asynchronous
+    anchor did not confirm the `MintAuthorized` record by the deadline (or its receipt vanished
+    in a reorg and could not be re-anchored, or the anchors disagree). Case id `q-<seq>`;
+    operators resolve it (reanchor, accept, or revoke the role's sessions)."""
+
+    case_id: str
+    authorized_seq: int
+    access_key_id: str
+    wallet: str
+    reason: Literal["anchor_deadline", "reorg_unrecovered", "anchor_disagreement"]
+    missing_anchors: list[str]
+    expiration: int

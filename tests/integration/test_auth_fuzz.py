@@ -149,11 +149,13 @@ surrogates = st.text(st.characters(categories=["Cs"]), min_size=1, max_size=3)  
 long_text = st.builds(lambda ch, n: ch * n, st.sampled_from(["a", "0", "é", "\U0001f600", " ", "\\"]),
                       st.integers(min_value=0, max_value=BODY_LIMIT // 4))
 scalars = st.one_of(st.none(), st.booleans(), huge_ints, floats, unicode_text, surrogates, long_text)
-json_values = st.recursive(
-    scalars,
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5),
-    max_leaves=25,
-)
+
+
+def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5)
+
+
+json_values = st.recursive(scalars, _containers, max_leaves=25)
 FIELD_NAMES = ["address", "chain_id", "source_ip", "request_id", "signature", "Address", "chainId", "", "__proto__"]
 field_names = st.sampled_from(FIELD_NAMES) | st.text(max_size=12)
 

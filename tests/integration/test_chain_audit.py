@@ -578,7 +578,7 @@ def test_checkpoint_file_errors(env: Env) -> None:
     proc = inproc("audit", "verify", "--export", env.export, "--checkpoint", cp)
     assert proc.returncode == 2
     proc = inproc("audit", "verify", "--export", env.export, "--checkpoint", env.path("no-such-dir") / "cp.json")
-    assert proc.returncode == 2 and "cannot write checkpoint" in proc.stderr, proc
+    assert proc.returncode == 2 and "cannot write checkpoint" in proc.stderr and proc.stdout == "", proc
 
 
 # --- reading the chain ------------------------------------------------------------------------------

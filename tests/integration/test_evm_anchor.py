@@ -422,6 +422,7 @@ def test_restart_after_write_ahead_before_broadcast(env: Env) -> None:
     wait_for(crashed.is_set, what="the first broadcast attempt")
     a1.stop()
     txs = a1.transactions()
+    assert [b["status"] for b in a1.batches()] == ["pending"]  # cut and written ahead, never accepted by a node
     a1.close()
     assert len(txs) == 1 and txs[0]["state"] == "signed"
     assert env.nonce() == env.nonce0 and env.chain_batches() == []  # nothing reached the chain
