@@ -4,6 +4,7 @@ OpenAPI. Handlers are thin: they read projections/ledger through `Services` and 
 
 from __future__ import annotations
 
+import sys
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -36,7 +37,7 @@ def healthz() -> str:
     "/readyz",
     summary="Readiness of every configured dependency",
     tags=["status"],
-    responses={503: ResponseSpec(data_container=ReadinessBody, description="A required dependency is unready")},
+    responses={503: ResponseSpec(data_container=ReadinessBody, generate_examples=False, description="A required dependency is unready")},
     sync_to_thread=True,
 )
 def readyz(state: State) -> Response[ReadinessBody]:
@@ -56,7 +57,14 @@ def audit_head(state: State) -> AuditHead:
     return AuditHead(seq=head.seq, hash=head.hash, anchors=anchors)
 
 
+# py_ecc (imported by eth_account) raises the interpreter's recursion limit to 100000; msgspec's
+# nesting guard follows that limit, so a 60 KB body of nested brackets would overflow the C stack
+# and kill the process. The broker needs no deep recursion: put a sane limit back.
+RECURSION_LIMIT = 1000
+
+
 def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar:
+    sys.setrecursionlimit(RECURSION_LIMIT)
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if manage_lifecycle:
@@ -81,6 +89,7 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
             version="0.1.0",
             description="Short-lived AWS credentials for agents and daemons, released only after the audit anchors confirm the ledger event.",
             path="/schema",
+            use_handler_docstrings=True,
         ),
         signature_namespace={"ErrorBody": ErrorBody},
         debug=False,

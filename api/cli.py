@@ -158,6 +158,8 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
 
     aws = bootstrap_dev_aws(moto.endpoint)
     env.update(dev_broker_env(aws))
+    chain = _dev_chain(state_dir, children)
+    env.update(chain["env"])
 
     url = f"http://{args.host}:{args.port}"
     env.update({
@@ -168,7 +170,8 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
         "BROKER_LEDGER_DB": str(state_dir / "ledger.sqlite"),
         "BROKER_SQLITE_ANCHOR_DB": str(state_dir / "anchor.sqlite"),
         "BROKER_PROJECTIONS_DB": str(state_dir / "projections.sqlite"),
-        "BROKER_AUDIT_ANCHORS": "sqlite",
+        "BROKER_AUDIT_ANCHORS": "sqlite,evm",
+        "BROKER_AUDIT_POLICY": "dual_strict",
         "BROKER_DEV_MODE": "true",
     })
     config, services = _boot(env)
@@ -181,9 +184,13 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
         "issuer": config.issuer,
         "oidc_keypair": str(config.oidc_keypair_path),
         "session_keypair": str(config.session_keypair_path),
+        "rpc_url": chain["rpc_url"],
+        "chain_id": chain["chain_id"],
+        "contract_address": chain["contract_address"],
+        "evm_state_db": str(config.evm.state_path) if config.evm else None,
         "sts_endpoint": aws["sts_endpoint"],
         "aws": aws,
-        "pids": {"broker": os.getpid(), "sts": moto.pid},
+        "pids": {"broker": os.getpid(), "sts": moto.pid, "anvil": chain["pid"]},
     }
     dev_json = state_dir / "dev.json"
     tmp = dev_json.with_suffix(".json.tmp")
@@ -201,3 +208,52 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
     _startup_check(services, skip=False)
     _run_server(services, args.host, args.port)
     return 0
+
+
+def _dev_chain(state_dir: Path, children: list[Any]) -> dict[str, Any]:
+    """anvil (chain id 84532, automine) from node_modules, a fee-payer keystore in the state
+    directory, and a freshly deployed AuditAnchor whose submitter is that fee payer. A new chain
+    each run, so the anchor's bookkeeping file from a previous run is moved aside."""
+    from ledger.errors import CommandError
+
+    from anchors.chain_tools import deploy
+    from anchors.dev_chain import Anvil
+    from anchors.evm_keys import write_keystore
+
+    try:
+        node = Anvil().start()
+    except Exception as exc:
+        raise CommandError(f"cannot start anvil (run `make install`; node_modules holds it): {exc}", code=1) from None
+    children.append(node)
+    password_file = state_dir / "fee-payer.password"
+    keystore = state_dir / "fee-payer.keystore.json"
+    if not password_file.exists():
+        fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(os.urandom(16).hex())
+    fee_payer_key = node.private_keys[0]
+    if keystore.exists():
+        keystore.unlink()
+    write_keystore(keystore, password_file.read_text().strip(), fee_payer_key, kdf="pbkdf2", iterations=1000)
+    deployment = deploy(node.web3(), fee_payer_key, node.accounts[0].address if hasattr(node.accounts[0], "address") else node.accounts[0])
+    evm_state = state_dir / "evm-anchor.sqlite"
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        old = Path(str(evm_state) + suffix)
+        if old.exists():
+            old.rename(Path(str(old) + ".previous-chain"))
+    return {
+        "rpc_url": node.rpc_url,
+        "chain_id": node.chain_id,
+        "contract_address": deployment.address,
+        "pid": node.pid,
+        "env": {
+            "BROKER_EVM_RPC_URL": node.rpc_url,
+            "BROKER_EVM_CHAIN_ID": str(node.chain_id),
+            "BROKER_EVM_CONTRACT_ADDRESS": deployment.address,
+            "BROKER_EVM_FEE_PAYER_KEYSTORE": str(keystore),
+            "BROKER_EVM_FEE_PAYER_PASSWORD_FILE": str(password_file),
+            "BROKER_EVM_CONFIRMATIONS": "0",  # automine: a receipt is final on this local chain
+            "BROKER_EVM_BATCH_MAX_WAIT_MS": "200",
+            "BROKER_EVM_STATE_DB": str(evm_state),
+        },
+    }

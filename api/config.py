@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 ANCHOR_ALIASES = {"sqlite": "sqlite", "evm": "evm", "evm_testnet": "evm"}
-KNOWN_ANCHORS_BUILT = ("sqlite",)  # anchors this build can construct
+KNOWN_ANCHORS_BUILT = ("sqlite", "evm")  # anchors this build can construct
 
 
 class BootFailure(Exception):
@@ -107,16 +107,23 @@ POLICIES = ("dual_strict", "sqlite_primary", "evm_primary")
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
 
+def _setting(name: str) -> Setting:
+    found = SETTINGS_BY_NAME.get(name)
+    if found is None:
+        found = next(s for s in all_settings() if s.name == name)
+    return found
+
+
 def _get(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name)
     if value is None or value == "":
-        return SETTINGS_BY_NAME[name].default
+        return _setting(name).default
     return value
 
 
 def _int(env: Mapping[str, str], name: str, lo: int, hi: int) -> int:
     raw = _get(env, name)
-    s = SETTINGS_BY_NAME[name]
+    s = _setting(name)
     try:
         value = int(str(raw).strip())
     except (TypeError, ValueError):
@@ -164,6 +171,15 @@ def _backend_url(env: Mapping[str, str]) -> str | None:
     if not (raw.startswith("http://") or raw.startswith("https://")) or any(c.isspace() for c in raw):
         raise BootFailure("BROKER_BACKEND_URL", raw, "must be an absolute http(s) URL", "backend-url")
     return raw.rstrip("/")
+
+
+def _evm(env: Mapping[str, str], data_dir: Path) -> Any:
+    from anchors.evm import EvmAnchorConfig, EvmConfigError
+
+    try:
+        return EvmAnchorConfig.from_env(env, default_state_path=data_dir / "evm-anchor.sqlite")
+    except EvmConfigError as exc:
+        raise BootFailure(exc.var, exc.value, exc.reason, exc.anchor) from None
 
 
 def _sts(env: Mapping[str, str]) -> Any:
@@ -270,6 +286,8 @@ class BrokerConfig:
     grants_required: bool = True
     mint_max_skew_s: int = 300
     mints_per_hour_per_omni: int = 30
+    evm: Any = None  # anchors.evm.EvmAnchorConfig when `evm` is an anchor
+    evm_confirm_deadline_s: int = 600
     legacy_bearer: bool = False
     backend_url: str | None = None
     backend_timeout_s: int = 10
@@ -355,6 +373,8 @@ class BrokerConfig:
             ledger_batch_max=_int(env, "BROKER_LEDGER_BATCH_MAX", 1, 10000),
             ledger_batch_max_wait_ms=_int(env, "BROKER_LEDGER_BATCH_MAX_WAIT_MS", 0, 1000),
             dev_mode=dev_mode,
+            evm=_evm(env, data_dir) if "evm" in anchors else None,
+            evm_confirm_deadline_s=_int(env, "BROKER_EVM_CONFIRM_DEADLINE_SECONDS", 10, 7 * 24 * 3600),
             sts=_sts(env),  # last: its required role ARN must not mask the errors above
         )
 
@@ -379,9 +399,12 @@ class BrokerConfig:
 
 def all_settings() -> tuple[Setting, ...]:
     """Every variable the broker reads (the STS adapter's own settings included)."""
+    from anchors.evm import EVM_SETTINGS, EVM_TUNING_SETTINGS
+
     from .sts_config import STS_SETTINGS
 
-    return SETTINGS + tuple(STS_SETTINGS)
+    evm = tuple(Setting(name, default, doc, anchor, "evm") for name, default, doc, anchor in EVM_SETTINGS + EVM_TUNING_SETTINGS)
+    return SETTINGS + tuple(STS_SETTINGS) + evm
 
 
 def markdown_table() -> str:

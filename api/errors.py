@@ -103,6 +103,14 @@ def _invalid_event(_: Request, exc: InvalidEventError) -> Response:
     return error_response("bad_request", str(exc))
 
 
+def _undecodable(_: Request, exc: UnicodeDecodeError) -> Response:
+    return error_response("bad_request", "bad request: the body is not valid UTF-8 JSON")
+
+
+def _too_deep(_: Request, exc: RecursionError) -> Response:
+    return error_response("bad_request", "bad request: the body is nested too deeply")
+
+
 def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response("internal", "internal error")
@@ -116,5 +124,7 @@ EXCEPTION_HANDLERS = {
     AnchorUnavailable: _anchor_unavailable,
     ConcurrencyConflict: _conflict,
     InvalidEventError: _invalid_event,
+    UnicodeDecodeError: _undecodable,
+    RecursionError: _too_deep,
     Exception: _unexpected,
 }

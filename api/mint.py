@@ -173,7 +173,14 @@ class MintService:
             raise ApiError("bad_request", f"bad request: issued_at is more than {self.max_skew_s} s from now",
                            reason="stale_request")
 
+        self._refuse_if_anchors_unready()
         return await self._release(ctx, digest, audit_id=f"aud_{int(issued.timestamp())}_{digest[:16]}")
+
+    def _refuse_if_anchors_unready(self) -> None:
+        unready = self.gate.unready_required()
+        if unready:
+            raise ApiError("anchor_unavailable", f"audit anchors {', '.join(unready)} are not ready; nothing was "
+                           "released (see /readyz)", reason="anchor_unready")
 
     async def mint_legacy(self, *, wallet: str, token_sha256: str, service: str) -> MintResult:
         """The legacy bearer path (seed-spec §B.3, only with BROKER_LEGACY_BEARER=true): the backend
@@ -192,6 +199,7 @@ class MintService:
             await self._deny(ctx, "rate_limited", "too many mints for this account")
             raise ApiError("rate_limited", "rate limited: too many mints for this account",
                            reason="rate_limited", headers={"Retry-After": str(decision.retry_after_seconds)})
+        self._refuse_if_anchors_unready()
         digest = hashlib.sha256(canonical_bytes({"legacy_bearer_sha256": token_sha256, "request_id": request_id,
                                                  "wallet": ctx.wallet})).hexdigest()
         return await self._release(ctx, digest, audit_id=f"aud_{int(now)}_{digest[:16]}")
@@ -224,7 +232,14 @@ class MintService:
         )
         stream = MintRequest.stream_for(ctx.wallet, body.request_id)
         [record] = await self.ledger.append_async(stream, 1, [authorized])
-        result = await self.gate.wait_async(record.seq)
+        try:
+            result = await self.gate.wait_async(record.seq)
+        except asyncio.CancelledError:
+            # cut off (shutdown past its grace period, client gone): record that nothing was released
+            self.ledger.append(stream, 2, [MintWithheld(
+                request_id=body.request_id, wallet=ctx.wallet, authorized_seq=record.seq,
+                access_key_id=creds.access_key_id, reason="request_cancelled", missing_anchors=[])])
+            raise
         if not result.released:
             await self.ledger.append_async(stream, 2, [MintWithheld(
                 request_id=body.request_id, wallet=ctx.wallet, authorized_seq=record.seq,

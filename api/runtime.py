@@ -58,6 +58,32 @@ def _load_keys(config: BrokerConfig) -> tuple[Keyring, Keyring]:
     return out[0], out[1]
 
 
+def _start_evm_anchor(config: BrokerConfig) -> Anchor:
+    """Open the EVM anchor and check its chain: a wrong chain id, a missing contract or a fee payer
+    that is not the submitter refuses to boot; an unreachable RPC boots unready (it may come back)."""
+    from anchors.evm import EvmAnchor
+    from ledger.errors import AnchorError
+
+    try:
+        anchor = EvmAnchor(config.evm)
+    except Exception as exc:
+        raise BootFailure("BROKER_EVM_FEE_PAYER_KEYSTORE", str(config.evm.fee_payer_keystore),
+                          f"cannot open the EVM anchor: {exc}", "evm-fee-payer") from None
+    try:
+        anchor.check_chain()
+    except AnchorError as exc:
+        text = str(exc)
+        if "unreachable" in text:
+            log.warning("EVM RPC unreachable at boot; /readyz reports anchor/evm unready until it answers: %s", text)
+        else:
+            anchor.close()
+            var, anchor_name = ("BROKER_EVM_CHAIN_ID", "evm-chain-id") if "chain id" in text else (
+                ("BROKER_EVM_FEE_PAYER_KEYSTORE", "evm-fee-payer") if "submitter" in text else
+                ("BROKER_EVM_CONTRACT_ADDRESS", "evm-contract"))
+            raise BootFailure(var, None, text, anchor_name) from None
+    return anchor.start(check=False)
+
+
 @dataclass
 class Services:
     config: BrokerConfig
@@ -76,6 +102,7 @@ class Services:
     grants: GrantService
     mint: MintService
     legacy: LegacyService | None = None
+    scheduler: Any = None
     _started: bool = field(default=False, repr=False)
     _sts_probe: tuple[float, Readiness] | None = field(default=None, repr=False)
 
@@ -93,7 +120,9 @@ class Services:
         try:
             anchors: list[Anchor] = []
             for name in config.anchors:
-                if name == "sqlite":
+                if name == "evm":
+                    anchors.append(_start_evm_anchor(config))
+                elif name == "sqlite":
                     try:
                         anchors.append(SQLiteAnchor(config.anchor_db))
                     except Exception as exc:
@@ -143,15 +172,46 @@ class Services:
             return
         self.pump.start()
         self.projections.start()
+        self.scheduler = self._build_scheduler()
+        if self.scheduler is not None:
+            self.scheduler.start()
         self._started = True
+
+    def async_anchor_names(self) -> list[str]:
+        """Anchors the policy does not wait for (they confirm after the release)."""
+        return [a.name for a in self.anchors if a.name not in self.config.required_anchors]
+
+    def _build_scheduler(self):  # noqa: ANN202
+        """Background jobs under leases: quarantine detection when some anchor is asynchronous."""
+        from workers.jobs import quarantine
+        from workers.leases import Leases
+        from workers.scheduler import Job, build_scheduler
+
+        async_names = self.async_anchor_names()
+        if not async_names:
+            return None
+        async_anchors = [(a.name, a.confirmed_upto) for a in self.anchors if a.name in async_names]
+        job = Job("quarantine-detect", 15.0, lambda: quarantine.run(
+            ledger=self.ledger, async_anchors=async_anchors, deadline_s=self.config.evm_confirm_deadline_s,
+            now=time.time))
+        return build_scheduler([job], Leases(self.config.data_dir / "leases.sqlite"))
 
     def stop(self) -> None:
         try:
+            if self.scheduler is not None and self.scheduler.running:
+                self.scheduler.shutdown(wait=False)
             self.projections.stop()
         finally:
             try:
                 self.pump.stop()
             finally:
+                for anchor in self.anchors:
+                    close = getattr(anchor, "close", None)
+                    if close is not None:
+                        try:
+                            close()
+                        except Exception:  # pragma: no cover - best effort on the way out
+                            log.exception("closing anchor %s", anchor.name)
                 self.ledger.close()
                 self._started = False
 
@@ -201,6 +261,10 @@ class Services:
         checks = [Check("ledger", self.ledger.ready), Check("sts", self._sts_ready)]
         for anchor in self.anchors:
             checks.append(Check(f"anchor/{anchor.name}", anchor.ready))
+            extra = getattr(anchor, "readiness_checks", None)
+            if extra is not None:
+                for name in ("evm/chain_id", "evm/fee_payer"):
+                    checks.append(Check(name, lambda n=name, f=extra: f()[n]))
         checks.append(Check("keys/session", lambda: self._keys_ready(self.session_keys, "session")))
         checks.append(Check("keys/oidc", lambda: self._keys_ready(self.oidc_keys, "oidc")))
         for method in self.config.auth_methods:

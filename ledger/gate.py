@@ -10,11 +10,14 @@ event and answer 503 `anchor_unavailable` with no credential material.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
 from .anchoring import ConfirmationWaiter, default_waiter
 from .ports import Anchor
+
+READY_TTL_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,25 @@ class ReleaseGate:
         self.required = [by_name[n] for n in required]
         self.deadline_s = deadline_ms / 1000.0
         self.waiter = waiter or default_waiter()
+        self._ready_cache: dict[str, tuple[float, bool]] = {}
+
+    def unready_required(self) -> list[str]:
+        """Required anchors whose `ready()` says unready now (cached READY_TTL_S per anchor), so a
+        release that cannot be confirmed is refused before any work (and before STS is called)."""
+        now = time.monotonic()
+        out = []
+        for anchor in self.required:
+            cached = self._ready_cache.get(anchor.name)
+            if cached is None or now - cached[0] >= READY_TTL_S:
+                try:
+                    ok = anchor.ready().ok
+                except Exception:
+                    ok = False
+                cached = (now, ok)
+                self._ready_cache[anchor.name] = cached
+            if not cached[1]:
+                out.append(anchor.name)
+        return out
 
     def _result(self, seq: int) -> GateResult:
         anchored = []

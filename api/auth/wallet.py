@@ -12,6 +12,7 @@ Every failure is an `AuthFailed` event with a typed reason.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -163,7 +164,14 @@ class WalletAuth:
         else:  # pragma: no cover - five concurrent binds of one wallet in a row
             raise ApiError("unavailable", "sign-in contended; retry")
         session_record = records[-1]
-        result = await self.gate.wait_async(session_record.seq)
+        try:
+            result = await self.gate.wait_async(session_record.seq)
+        except asyncio.CancelledError:
+            # The request was cut off (shutdown past its grace period, client gone): nothing was
+            # released, and the ledger must say so rather than end at SessionIssued.
+            self.ledger.append(challenge.stream, session_record.version, [SessionWithheld(
+                jti=claims.jti, session_seq=session_record.seq, reason="request_cancelled", missing_anchors=[])])
+            raise
         if not result.released:
             withheld = SessionWithheld(jti=claims.jti, session_seq=session_record.seq,
                                        reason="anchor_deadline", missing_anchors=result.missing)

@@ -12,10 +12,10 @@ from ..errors import ApiError
 from ..schemas import ErrorBody, SessionResponse
 
 _ERRORS = {
-    400: ResponseSpec(data_container=ErrorBody, description="The legacy bearer path is not enabled"),
-    401: ResponseSpec(data_container=ErrorBody, description="Missing bearer, or the backend rejected it"),
-    502: ResponseSpec(data_container=ErrorBody, description="Backend unreachable"),
-    503: ResponseSpec(data_container=ErrorBody, description="Anchors did not confirm the session in time"),
+    400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="The legacy bearer path is not enabled"),
+    401: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Missing bearer, or the backend rejected it"),
+    502: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Backend unreachable"),
+    503: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Anchors did not confirm the session in time"),
 }
 
 

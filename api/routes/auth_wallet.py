@@ -12,11 +12,11 @@ from ..errors import ApiError
 from ..schemas import ErrorBody, SessionResponse, WalletStartRequest, WalletStartResponse, WalletVerifyRequest
 
 _ERRORS = {
-    400: ResponseSpec(data_container=ErrorBody, description="Malformed body, address, signature or chain id"),
-    401: ResponseSpec(data_container=ErrorBody, description="Challenge unknown, consumed or expired; signature does not match"),
-    413: ResponseSpec(data_container=ErrorBody, description="Body too large"),
-    429: ResponseSpec(data_container=ErrorBody, description="Rate limited (see Retry-After)"),
-    503: ResponseSpec(data_container=ErrorBody, description="Anchors did not confirm the session in time; nothing released"),
+    400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Malformed body, address, signature or chain id"),
+    401: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Challenge unknown, consumed or expired; signature does not match"),
+    413: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Body too large"),
+    429: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Rate limited (see Retry-After)"),
+    503: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Anchors did not confirm the session in time; nothing released"),
 }
 
 

@@ -19,10 +19,11 @@ from ..schemas import (
 )
 
 _ERRORS = {
-    400: ResponseSpec(data_container=ErrorBody, description="Malformed request, or grant not found / not yours / already revoked"),
-    401: ResponseSpec(data_container=ErrorBody, description="Missing or invalid session JWT"),
-    403: ResponseSpec(data_container=ErrorBody, description="The session cannot grant (not a wallet session)"),
-    409: ResponseSpec(data_container=ErrorBody, description="The daemon address is bound with another role in this account"),
+    400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Malformed request, or grant not found / not yours / already revoked"),
+    401: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Missing or invalid session JWT"),
+    403: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="The session cannot grant (not a wallet session)"),
+    409: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="The daemon address is bound with another role in this account"),
+    413: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Body too large"),
 }
 
 

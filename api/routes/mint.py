@@ -14,14 +14,14 @@ from ..auth.session_jwt import looks_like_session_jwt
 from ..schemas import ErrorBody, MintRequestSchema, MintResponse
 
 _ERRORS = {
-    400: ResponseSpec(data_container=ErrorBody, description="Malformed body or signature; stale issued_at"),
-    401: ResponseSpec(data_container=ErrorBody, description="Session JWT invalid; signature not by the session's wallet"),
-    403: ResponseSpec(data_container=ErrorBody, description="No usable grant (reason: no_grant, grant_revoked, grant_expired, grant_exhausted, scope_not_granted)"),
-    409: ResponseSpec(data_container=ErrorBody, description="request_id already used by this wallet (reason: request_replayed)"),
-    413: ResponseSpec(data_container=ErrorBody, description="Body too large"),
-    429: ResponseSpec(data_container=ErrorBody, description="Too many mints for this account (Retry-After)"),
-    502: ResponseSpec(data_container=ErrorBody, description="STS refused or unreachable (sts_error)"),
-    503: ResponseSpec(data_container=ErrorBody, description="Anchors did not confirm in time; nothing released (anchor_unavailable)"),
+    400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Malformed body or signature; stale issued_at"),
+    401: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Session JWT invalid; signature not by the session's wallet"),
+    403: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="No usable grant (reason: no_grant, grant_revoked, grant_expired, grant_exhausted, scope_not_granted)"),
+    409: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="request_id already used by this wallet (reason: request_replayed)"),
+    413: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Body too large"),
+    429: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Too many mints for this account (Retry-After)"),
+    502: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="STS refused or unreachable (sts_error)"),
+    503: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Anchors did not confirm in time; nothing released (anchor_unavailable)"),
 }
 
 

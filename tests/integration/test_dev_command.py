@@ -40,7 +40,16 @@ def test_dev_writes_dev_json_serves_and_stops_on_signal(tmp_path: Path, sig: sig
         assert info["pids"]["broker"] == proc.pid
         assert info["sts_endpoint"].startswith("http://127.0.0.1:")
         sts_pid = info["pids"]["sts"]
-        assert httpx.get(info["url"] + "/readyz").status_code == 200
+        ready = httpx.get(info["url"] + "/readyz")
+        assert ready.status_code == 200, ready.text
+        assert {"anchor/sqlite", "anchor/evm", "evm/chain_id", "evm/fee_payer", "sts"} <= set(ready.json()["ready"])
+        assert info["chain_id"] == 84532 and info["contract_address"].startswith("0x") and info["pids"]["anvil"]
+        if sig == signal.SIGTERM:  # a sign-in under dual_strict: released only once SQLite and the chain confirm
+            from tests.support import Wallet, sign_in
+
+            with httpx.Client(base_url=info["url"], timeout=30) as c:
+                session = sign_in(c, Wallet())
+            assert sorted(session["anchored"]) == ["evm", "sqlite"]
         proc.send_signal(sig)
         assert proc.wait(timeout=20) == 0
         import os
@@ -53,6 +62,14 @@ def test_dev_writes_dev_json_serves_and_stops_on_signal(tmp_path: Path, sig: sig
             time.sleep(0.1)
         else:
             raise AssertionError("dev left its moto server running")
+        for _ in range(100):
+            try:
+                os.kill(info["pids"]["anvil"], 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("dev left anvil running")
         _, err = proc.communicate()
         assert "Traceback" not in err
     finally:

