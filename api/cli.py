@@ -158,7 +158,7 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
 
     aws = bootstrap_dev_aws(moto.endpoint)
     env.update(dev_broker_env(aws))
-    chain = _dev_chain(state_dir, children)
+    chain = start_dev_chain(state_dir, children)
     env.update(chain["env"])
 
     url = f"http://{args.host}:{args.port}"
@@ -210,7 +210,7 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
     return 0
 
 
-def _dev_chain(state_dir: Path, children: list[Any]) -> dict[str, Any]:
+def start_dev_chain(state_dir: Path, children: list[Any]) -> dict[str, Any]:
     """anvil (chain id 84532, automine) from node_modules, a fee-payer keystore in the state
     directory, and a freshly deployed AuditAnchor whose submitter is that fee payer. A new chain
     each run, so the anchor's bookkeeping file from a previous run is moved aside."""

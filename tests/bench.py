@@ -229,6 +229,187 @@ def bench_sign_in(quick: bool) -> list[str]:
     return rows
 
 
+def bench_mint(quick: bool) -> list[str]:
+    """Mints per second over real HTTP: a moto server (`api.moto_server.MotoServer`, the broker's
+    role bootstrapped) and `agentkeys-broker serve` as subprocesses, SQLite anchor gating every
+    `MintAuthorized`, `BROKER_GRANTS_REQUIRED=false` (self-mints), rate limits raised. Every client
+    has its own wallet and session (signed in before the timed part) and its own pre-signed bodies,
+    so requests are independent; httpx.AsyncClient at concurrency 1, 16 and 64, each level bounded
+    by a body budget and a time limit. In the same run: raw boto3 `AssumeRole` with the parameters
+    the broker sends (same policy, tags, source identity) against the same moto server (1 and 16
+    threads), and `/healthz` req/s on the same broker (wrk if installed, else httpx). The broker's
+    own overhead per mint is mint p50 minus STS p50, both at concurrency 1. Returns the rows of the
+    "Mint (SQLite anchor, moto STS)" section."""
+    import asyncio
+    import re
+    import shutil
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    import boto3
+    import httpx
+
+    from api.moto_server import MotoServer, bootstrap_dev_aws, dev_broker_env
+    from api.sts import BotoStsMinter
+    from api.sts_config import StsSettings
+    from ledger.ports import AssumeRoleRequest
+    from tests.support import Wallet, broker_env, free_port, sign_in, signed_mint_body
+
+    budget = {1: 60, 16: 240, 64: 384} if quick else {1: 400, 16: 1600, 64: 2560}  # pre-signed bodies per level
+    time_limit = 3.0 if quick else 5.0  # seconds per level (whichever ends first)
+    sts_seconds = 2.0 if quick else 5.0
+    health_seconds = 3 if quick else 10
+    rows: list[str] = []
+
+    def pct(values: list[float], q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else float("nan")
+
+    with tempfile.TemporaryDirectory() as d:
+        moto = MotoServer.start(log_path=Path(d) / "moto.log")
+        proc: subprocess.Popen | None = None
+        log = open(Path(d) / "serve.log", "wb")
+        try:
+            aws = bootstrap_dev_aws(moto.endpoint)
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            env = {**os.environ, **broker_env(Path(d), **dev_broker_env(aws),
+                                              BROKER_GRANTS_REQUIRED="false",
+                                              BROKER_RATE_LIMIT_MINTS_PER_HOUR_PER_OMNI="1000000",
+                                              BROKER_RATE_LIMIT_CHALLENGES_PER_HOUR_PER_IP="1000000",
+                                              BROKER_AUDIT_ANCHORS="sqlite")}
+            env["BROKER_LOG_LEVEL"] = "WARNING"
+            cli = Path(sys.executable).parent / "agentkeys-broker"
+            proc = subprocess.Popen([str(cli), "serve", "--port", str(port)], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=log)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("broker did not start: " + (Path(d) / "serve.log").read_text()[-2000:])
+                time.sleep(0.05)
+
+            # one wallet and session per client, signed in before anything is timed
+            wallets = [Wallet() for _ in range(max(budget))]
+            with httpx.Client(base_url=url, timeout=60) as c:
+                sessions = [sign_in(c, w)["session_jwt"] for w in wallets]
+                for w, jwt in zip(wallets[:4], sessions[:4]):  # warm-up: first mints (STS client, anchor)
+                    r = c.post("/v1/mint-aws-creds", json=signed_mint_body(w), headers={"Authorization": f"Bearer {jwt}"})
+                    assert r.status_code == 200, r.text
+
+            async def run_level(concurrency: int) -> tuple[float, list[float], int, float]:
+                per_client = budget[concurrency] // concurrency
+                # pre-signed outside the timed part; issued_at is fresh (well inside the 300 s skew)
+                bodies = [[msgspec.json.encode(signed_mint_body(wallets[i])) for _ in range(per_client)]
+                          for i in range(concurrency)]
+                latencies: list[float] = []
+                stop_at = [0.0]
+
+                async def worker(client: httpx.AsyncClient, i: int) -> None:
+                    headers = {"Authorization": f"Bearer {sessions[i]}", "content-type": "application/json"}
+                    for body in bodies[i]:
+                        if time.perf_counter() >= stop_at[0]:
+                            return
+                        t0 = time.perf_counter()
+                        r = await client.post("/v1/mint-aws-creds", content=body, headers=headers)
+                        assert r.status_code == 200 and r.json()["anchored"] == ["sqlite"], r.text
+                        latencies.append(time.perf_counter() - t0)
+
+                limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+                async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+                    await asyncio.gather(*[client.get("/healthz") for _ in range(concurrency)])  # open connections
+                    t0 = time.perf_counter()
+                    stop_at[0] = t0 + time_limit
+                    await asyncio.gather(*[worker(client, i) for i in range(concurrency)])
+                    dt = time.perf_counter() - t0
+                return len(latencies) / dt, sorted(latencies), len(latencies), dt
+
+            results = {c: asyncio.run(run_level(c)) for c in budget}
+
+            # raw boto3 AssumeRole, the broker's exact parameters, same moto server
+            settings = StsSettings.from_env(env)
+            template = BotoStsMinter(settings)
+            request = AssumeRoleRequest(wallet=wallets[0].address, omni_account="0" * 64, agent_id="agent-1",
+                                        service="s3", scope_path="agentkeys-dev/agents/a1/", duration_seconds=0)
+
+            def sts_thread(ready: threading.Barrier) -> tuple[list[float], float, float]:
+                client = boto3.session.Session().client(
+                    "sts", endpoint_url=aws["sts_endpoint"], region_name=aws["region"],
+                    aws_access_key_id="testing", aws_secret_access_key="testing")
+                client.assume_role(**template.request_params(request))  # warm-up (connection, models)
+                ready.wait()
+                out: list[float] = []
+                start = time.perf_counter()
+                while time.perf_counter() < start + sts_seconds:
+                    params = template.request_params(request)
+                    t0 = time.perf_counter()
+                    client.assume_role(**params)
+                    out.append(time.perf_counter() - t0)
+                return out, start, time.perf_counter()
+
+            sts_results: dict[int, tuple[float, list[float]]] = {}
+            for threads in (1, 16):
+                ready = threading.Barrier(threads)
+                with ThreadPoolExecutor(threads) as ex:
+                    parts = [f.result() for f in [ex.submit(sts_thread, ready) for _ in range(threads)]]
+                lat = sorted(x for part in parts for x in part[0])
+                dt = max(p[2] for p in parts) - min(p[1] for p in parts)
+                sts_results[threads] = (len(lat) / dt, lat)
+
+            wrk = shutil.which("wrk")
+            if wrk:
+                out = subprocess.run([wrk, "-t2", "-c16", f"-d{health_seconds}s", url + "/healthz"],
+                                     capture_output=True, text=True, timeout=health_seconds + 60)
+                m = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
+                assert m, out.stdout + out.stderr
+                health_rate, health_tool = float(m.group(1)), "wrk -t2 -c16"
+            else:
+                async def health() -> float:
+                    count = [0]
+                    stop_at = time.perf_counter() + health_seconds
+
+                    async def w(client: httpx.AsyncClient) -> None:
+                        while time.perf_counter() < stop_at:
+                            r = await client.get("/healthz")
+                            assert r.status_code == 200
+                            count[0] += 1
+
+                    async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=16)) as client:
+                        t0 = time.perf_counter()
+                        await asyncio.gather(*[w(client) for _ in range(16)])
+                        return count[0] / (time.perf_counter() - t0)
+
+                health_rate, health_tool = asyncio.run(health()), "httpx.AsyncClient, 16 concurrent (wrk not installed)"
+        finally:
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            log.close()
+            moto.stop()
+
+    for c, (rate, lat, n, dt) in results.items():
+        rows.append(f"| mints (session + per-call signature + STS + `MintAuthorized` anchored before the answer), "
+                    f"concurrency {c} | **{rate:,.0f} mints/s** | {n:,} mints in {dt:.1f} s; latency p50 "
+                    f"{pct(lat, 0.5):.1f} ms, p99 {pct(lat, 0.99):.1f} ms |")
+    for t, (rate, lat) in sts_results.items():
+        rows.append(f"| raw boto3 `AssumeRole` on the same moto server (the broker's parameters), {t} thread"
+                    f"{'s' if t > 1 else ''} | {rate:,.0f} calls/s | {len(lat):,} calls; latency p50 {pct(lat, 0.5):.1f} ms, "
+                    f"p99 {pct(lat, 0.99):.1f} ms |")
+    overhead = pct(results[1][1], 0.5) - pct(sts_results[1][1], 0.5)
+    rows.append(f"| broker overhead per mint at concurrency 1 (mint p50 - AssumeRole p50) | **{overhead:.1f} ms** | same run |")
+    rows.append(f"| `GET /healthz` on the same broker ({health_tool}, {health_seconds} s) | {health_rate:,.0f} req/s | same run |")
+    for row in rows:
+        print(row, file=sys.stderr)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=None)
@@ -289,6 +470,9 @@ def main() -> int:
     # 4. sign-in (SIWE) over real HTTP
     signin_rows = bench_sign_in(quick)
 
+    # 5. mint over real HTTP, moto STS
+    mint_rows = bench_mint(quick)
+
     report = "\n".join([
         "# Benchmarks",
         "",
@@ -314,6 +498,17 @@ def main() -> int:
         "| what | result | runs |",
         "|---|---|---|",
         *signin_rows,
+        "",
+        "## Mint (SQLite anchor, moto STS)",
+        "",
+        "`agentkeys-broker serve` and a moto server (STS) run as subprocesses on loopback; SQLite anchor,",
+        "`BROKER_GRANTS_REQUIRED=false` (self-mints), rate limits raised. Each client has its own wallet, session",
+        "and pre-signed bodies (signing is outside the timed part). moto answers `AssumeRole` from a Python",
+        "process on the same machine, so STS latency here is not AWS's; the overhead row subtracts it.",
+        "",
+        "| what | result | runs |",
+        "|---|---|---|",
+        *mint_rows,
         "",
     ])
     if args.out:

@@ -1,0 +1,151 @@
+"""Mints under the audit policies with the EVM anchor on anvil (design §3; issue: EVM anchor).
+
+dual_strict: the response arrives only after the batch holding `MintAuthorized` is confirmed on
+chain. Faults assert that no credential material is released where the policy forbids it.
+sqlite_primary: with the chain down, mints are released on the SQLite anchor alone and then
+quarantined past the confirm deadline; once the chain is back later batches anchor normally."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from anchors.evm import check_contiguity, read_chain_batches
+from anchors import chain_tools
+from api.cli import start_dev_chain
+from api.config import BootFailure, BrokerConfig
+from api.runtime import Services
+from tests.integration.test_mint import Broker, assert_no_credentials, auth
+from tests.support import LiveServer, Wallet, broker_env, signed_mint_body
+from tests.support_moto import sts_env
+from workers.jobs import quarantine
+
+
+@pytest.fixture
+def chain(tmp_path: Path):
+    children: list = []
+    info = start_dev_chain(tmp_path, children)
+    yield info
+    for child in children:
+        try:
+            os.kill(child.pid, signal.SIGCONT)
+        except (ProcessLookupError, TypeError):
+            pass
+        child.stop()
+
+
+def evm_broker(tmp_path: Path, dev_aws, chain, **env: str) -> LiveServer:
+    full = broker_env(tmp_path, **sts_env(dev_aws), **chain["env"], BROKER_AUDIT_ANCHORS="sqlite,evm",
+                      BROKER_GRANTS_REQUIRED="false", **env)
+    return LiveServer(Services.build(BrokerConfig.from_env(full)))
+
+
+def contiguous_on_chain(chain) -> list:  # noqa: ANN001
+    from web3 import Web3
+
+    w3 = Web3(Web3.HTTPProvider(chain["rpc_url"]))
+    batches = read_chain_batches(chain_tools.contract_at(w3, chain["contract_address"]))
+    assert check_contiguity(batches) == []
+    return batches
+
+
+def test_dual_strict_releases_only_after_the_chain_confirms(tmp_path: Path, dev_aws, chain) -> None:
+    with evm_broker(tmp_path, dev_aws, chain) as server:
+        b = Broker(server)
+        w = Wallet()
+        session = httpx.post(server.url + "/v1/auth/wallet/start", json={"address": w.address, "chain_id": 84532})
+        body = session.json()
+        verify = httpx.post(server.url + "/v1/auth/wallet/verify",
+                            json={"request_id": body["request_id"], "signature": w.sign(body["siwe_message"])}, timeout=30)
+        assert verify.status_code == 200 and sorted(verify.json()["anchored"]) == ["evm", "sqlite"]
+        r = b.mint(verify.json()["session_jwt"], signed_mint_body(w))
+        assert r.status_code == 200, r.text
+        minted = r.json()
+        assert sorted(minted["anchored"]) == ["evm", "sqlite"]
+        evm = next(a for a in server.services.anchors if a.name == "evm")
+        assert evm.verify(minted["seq"], minted["record_hash"])  # confirmed before the response
+        batches = contiguous_on_chain(chain)
+        assert batches[-1].last_seq >= minted["seq"]
+        b.client.close()
+
+
+def test_chain_not_answering_means_503_within_the_deadline(tmp_path: Path, dev_aws, chain) -> None:
+    with evm_broker(tmp_path, dev_aws, chain, BROKER_ANCHOR_DEADLINE_MS="1500") as server:
+        b = Broker(server)
+        w = Wallet()
+        jwt = b.session(w)
+        os.kill(chain["pid"], signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            r = b.mint(jwt, signed_mint_body(w))
+            elapsed = time.monotonic() - t0
+            assert r.status_code == 503, r.text
+            assert_no_credentials(r)
+            assert elapsed < 12  # deadline (or the readiness probe's RPC timeout), never a hang
+        finally:
+            os.kill(chain["pid"], signal.SIGCONT)
+        b.client.close()
+
+
+def test_drained_fee_payer_is_503_and_readyz_unready(tmp_path: Path, dev_aws, chain) -> None:
+    from web3 import Web3
+
+    with evm_broker(tmp_path, dev_aws, chain) as server:
+        b = Broker(server)
+        w = Wallet()
+        jwt = b.session(w)
+        evm = next(a for a in server.services.anchors if a.name == "evm")
+        w3 = Web3(Web3.HTTPProvider(chain["rpc_url"]))
+        w3.provider.make_request("anvil_setBalance", [evm.fee_payer_address, "0x0"])
+        time.sleep(1.2)  # readiness caches for 1 s
+        ready = httpx.get(server.url + "/readyz")
+        assert ready.status_code == 503
+        [fee] = [c for c in ready.json()["checks"] if c["name"] == "evm/fee_payer"]
+        assert "BROKER_EVM_FEE_PAYER_MIN_BALANCE" in fee["reason"]
+        r = b.mint(jwt, signed_mint_body(w))
+        assert r.status_code == 503 and r.json()["reason"] == "anchor_unready"
+        assert_no_credentials(r)
+        assert b.minter.calls == 0  # refused before STS
+        b.client.close()
+
+
+def test_wrong_chain_id_refuses_to_boot(tmp_path: Path, dev_aws, chain) -> None:
+    full = broker_env(tmp_path, **sts_env(dev_aws), **{**chain["env"], "BROKER_EVM_CHAIN_ID": "8453"},
+                      BROKER_AUDIT_ANCHORS="sqlite,evm")
+    with pytest.raises(BootFailure) as info:
+        Services.build(BrokerConfig.from_env(full))
+    assert "evm-chain-id" in str(info.value)
+
+
+def test_sqlite_primary_releases_with_the_chain_down_then_quarantines_and_recovers(tmp_path: Path, dev_aws, chain) -> None:
+    env = dict(BROKER_AUDIT_POLICY="sqlite_primary", BROKER_EVM_CONFIRM_DEADLINE_SECONDS="10")
+    with evm_broker(tmp_path, dev_aws, chain, **env) as server:
+        b = Broker(server)
+        w = Wallet()
+        jwt = b.session(w)
+        os.kill(chain["pid"], signal.SIGSTOP)
+        try:
+            r = b.mint(jwt, signed_mint_body(w))
+            assert r.status_code == 200, r.text
+            assert r.json()["anchored"] == ["sqlite"]
+            seq = r.json()["seq"]
+            evm = next(a for a in server.services.anchors if a.name == "evm")
+            result = quarantine.run(ledger=server.services.ledger, async_anchors=[("evm", evm.confirmed_upto)],
+                                    deadline_s=10, now=lambda: time.time() + 11)
+            assert result.opened == [f"q-{seq}"]
+        finally:
+            os.kill(chain["pid"], signal.SIGCONT)
+        # the chain is back: later records anchor normally and the batches stay contiguous
+        r2 = b.mint(jwt, signed_mint_body(w))
+        assert r2.status_code == 200
+        deadline = time.monotonic() + 30
+        while evm.confirmed_upto() < r2.json()["seq"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert evm.confirmed_upto() >= r2.json()["seq"]
+        contiguous_on_chain(chain)
+        b.client.close()
