@@ -15,6 +15,7 @@ from litestar.openapi.spec import Components  # noqa: F401  (kept for later secu
 
 from .errors import EXCEPTION_HANDLERS
 from .readiness import evaluate
+from .routes.audit import audit_record
 from .routes.auth_exchange import auth_exchange
 from .routes.auth_wallet import wallet_start, wallet_verify
 from .routes.grants import grant_create, grant_list, grant_revoke
@@ -79,7 +80,7 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
 
     return Litestar(
         route_handlers=[healthz, readyz, audit_head, wallet_start, wallet_verify, grant_create, grant_revoke,
-                        grant_list, mint_aws_creds, auth_exchange],
+                        grant_list, mint_aws_creds, auth_exchange, audit_record],
         request_max_body_size=services.config.body_limit_bytes,
         state=State({"services": services}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

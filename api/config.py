@@ -96,6 +96,8 @@ SETTINGS: tuple[Setting, ...] = (
             "when `BROKER_LEGACY_BEARER=true`.", "backend-url", "legacy"),
     Setting("BROKER_BACKEND_TIMEOUT_SECONDS", "10", "Timeout of a backend validation call, seconds, [1, 120].",
             "backend-url", "legacy"),
+    Setting("BROKER_OPERATOR_TOKEN_FILE", None, "File holding the operator/auditor bearer token (mode 0600; "
+            "at least 32 characters). It may read any record's proof bundle.", "operator-token", "audit"),
     Setting("BROKER_ANCHOR_DEADLINE_MS", "10000", "Longest wait for the required anchors inside a request, "
             "milliseconds, [100, 120000]; past it 503 `anchor_unavailable`, nothing released.", "anchor-deadline", "audit"),
 )
@@ -160,6 +162,24 @@ def _anchors(env: Mapping[str, str]) -> tuple[str, ...]:
         raise BootFailure("BROKER_AUDIT_ANCHORS", env.get("BROKER_AUDIT_ANCHORS"),
                           "at least one audit anchor must be configured (default `sqlite`)", "audit-anchor-empty")
     return tuple(names)
+
+
+def _operator_token(env: Mapping[str, str]) -> str | None:
+    raw = (env.get("BROKER_OPERATOR_TOKEN_FILE") or "").strip()
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    try:
+        st = path.stat()
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise BootFailure("BROKER_OPERATOR_TOKEN_FILE", raw, f"cannot read it: {exc.strerror}", "operator-token") from None
+    if st.st_mode & 0o077:
+        raise BootFailure("BROKER_OPERATOR_TOKEN_FILE", raw, "is readable by group/other (chmod 600)", "operator-token")
+    if len(token) < 32 or any(c.isspace() for c in token):
+        raise BootFailure("BROKER_OPERATOR_TOKEN_FILE", raw, "must hold one token of at least 32 characters",
+                          "operator-token")
+    return token
 
 
 def _backend_url(env: Mapping[str, str]) -> str | None:
@@ -288,6 +308,7 @@ class BrokerConfig:
     mints_per_hour_per_omni: int = 30
     evm: Any = None  # anchors.evm.EvmAnchorConfig when `evm` is an anchor
     evm_confirm_deadline_s: int = 600
+    operator_token: str | None = field(default=None, repr=False)
     legacy_bearer: bool = False
     backend_url: str | None = None
     backend_timeout_s: int = 10
@@ -362,6 +383,7 @@ class BrokerConfig:
             grants_required=_bool(env, "BROKER_GRANTS_REQUIRED"),
             mint_max_skew_s=_int(env, "BROKER_MINT_MAX_SKEW_SECONDS", 5, 3600),
             mints_per_hour_per_omni=_int(env, "BROKER_RATE_LIMIT_MINTS_PER_HOUR_PER_OMNI", 1, 1_000_000),
+            operator_token=_operator_token(env),
             legacy_bearer=_bool(env, "BROKER_LEGACY_BEARER"),
             backend_url=_backend_url(env),
             backend_timeout_s=_int(env, "BROKER_BACKEND_TIMEOUT_SECONDS", 1, 120),

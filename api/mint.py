@@ -89,7 +89,7 @@ class MintResult:
 def canonical_signing_input(raw: bytes) -> bytes:
     """The seed's canonical body: the JSON with `auth.signature` removed, keys sorted recursively,
     compact, non-ASCII unescaped (seed-spec §B.4 step 3)."""
-    value = json.loads(raw)
+    value = json.loads(raw.decode("utf-8"))  # strict UTF-8: raw lone surrogates are refused here
     if isinstance(value, dict) and isinstance(value.get("auth"), dict):
         value["auth"].pop("signature", None)
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -259,7 +259,7 @@ class MintService:
             raise ApiError("bad_request", "bad request: v2 mint requires a JSON body")
         try:
             body = msgspec.json.decode(raw, type=MintBody)
-            json.loads(raw)  # the canonical form is built from a generic parse: it must succeed too
+            canonical_signing_input(raw)  # the signed form is built from a generic parse: it must succeed too
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError) as exc:
             raise ApiError("bad_request", f"bad request: malformed v2 body: {str(exc)[:200]}") from None
         if not 1 <= len(body.request_id) <= 128 or not body.request_id.isprintable():

@@ -248,8 +248,8 @@ def verify_signature(token: str, keyring: Keyring, *, now: float | None = None) 
         raise SessionTokenError("bad_signature", "signature does not verify") from None
     except jwt.InvalidAlgorithmError:
         raise SessionTokenError("alg_not_allowed", "algorithm not allowed") from None
-    except jwt.PyJWTError as exc:
-        raise SessionTokenError("malformed", type(exc).__name__) from None
+    except jwt.PyJWTError:
+        raise SessionTokenError("malformed", "the token cannot be decoded") from None
     if not isinstance(payload, dict):  # pragma: no cover - PyJWT guarantees an object
         raise SessionTokenError("malformed", "payload is not a JSON object")
     return SignedClaims(payload)

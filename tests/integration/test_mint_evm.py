@@ -149,3 +149,37 @@ def test_sqlite_primary_releases_with_the_chain_down_then_quarantines_and_recove
         assert evm.confirmed_upto() >= r2.json()["seq"]
         contiguous_on_chain(chain)
         b.client.close()
+
+
+def test_proof_bundle_of_a_mint_verifies_offline_and_on_chain(tmp_path: Path, dev_aws, chain) -> None:
+    from anchors.chain_audit import ChainReader
+    from anchors.proof_builder import verify_bundle
+    from ledger.proofs import verify_bundle_offline
+
+    token_file = tmp_path / "operator.token"
+    token_file.write_text("op-" + "x" * 40)
+    token_file.chmod(0o600)
+    with evm_broker(tmp_path, dev_aws, chain, BROKER_OPERATOR_TOKEN_FILE=str(token_file)) as server:
+        b = Broker(server)
+        w = Wallet()
+        jwt = b.session(w)
+        minted = b.mint(jwt, signed_mint_body(w)).json()
+        r = httpx.get(f"{server.url}/v1/audit/records/{minted['seq']}", headers=auth(jwt))
+        assert r.status_code == 200, r.text
+        bundle = r.json()
+        assert bundle["format"] == "agentkeys-proof" and bundle["record"]["hash"] == minted["record_hash"]
+        assert bundle["record"]["type"] == "MintAuthorized"
+        assert verify_bundle_offline(bundle) == []
+        problems, _ = verify_bundle(bundle, ChainReader(chain["rpc_url"], [chain["contract_address"]]))
+        assert problems == []
+        # another account's session cannot read it; the operator token can; no bearer is 401
+        other = b.session(Wallet())
+        assert httpx.get(f"{server.url}/v1/audit/records/{minted['seq']}", headers=auth(other)).status_code == 404
+        assert httpx.get(f"{server.url}/v1/audit/records/{minted['seq']}",
+                         headers=auth(token_file.read_text())).status_code == 200
+        assert httpx.get(f"{server.url}/v1/audit/records/{minted['seq']}").status_code == 401
+        assert httpx.get(f"{server.url}/v1/audit/records/999999", headers=auth(jwt)).status_code == 404
+        # the chain head reported by /v1/audit/head includes both anchors' positions
+        head = httpx.get(server.url + "/v1/audit/head").json()
+        assert head["anchors"]["evm"]["confirmed_seq"] >= minted["seq"]
+        b.client.close()

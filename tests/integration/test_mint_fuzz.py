@@ -22,6 +22,13 @@ Oracle: the status is 401 whenever the bearer is not a valid session (and, for a
 another wallet, for a body signed by the owner), otherwise one of 400/401/403/409/413; the body is
 `{"error","message"[,"reason"]}` of non-empty strings; no traceback or exception names; none of
 `access_key_id`, `secret_access_key`, `session_token`, `ASIA` anywhere in the answer.
+
+Header values never carry control characters: uvicorn (h11) answers such a request itself with a
+plain-text 400 before the application runs, which is outside what this module tests.
+
+Two defects the fuzzer found are fixed and pinned: a raw UTF-8-encoded lone surrogate in an unknown
+body field answered 500 (`test_raw_surrogate_in_an_unknown_field_is_400`), and some malformed session
+tokens answered 401 with a PyJWT exception class name in the message.
 """
 
 from __future__ import annotations
@@ -142,25 +149,6 @@ def live(tmp_path_factory: pytest.TempPathFactory, moto_server: MotoServer) -> I
 # --- the oracle ---------------------------------------------------------------------------------
 
 
-# KNOWN (reported, not fixed here: api/auth/session_jwt.py `verify_signature`): when PyJWT raises
-# anything but InvalidSignature/InvalidAlgorithm (e.g. a real session token with its last 3
-# characters cut off), the 401 message is the PyJWT exception class name:
-# `unauthorized: session jwt: malformed: DecodeError`. Not a 5xx and no traceback, but it names a
-# library class; the oracle blanks exactly that suffix before looking for leaks.
-KNOWN_CLASS_NAME_401 = re.compile(r"(session jwt: malformed: )[A-Z][A-Za-z]*Error\b")
-
-
-# KNOWN 500 (reported, not fixed here: the fix belongs in api/mint.py). With a valid session, a
-# body whose known fields are fine but that carries a UTF-8-encoded lone surrogate (raw bytes
-# ED A0 80 .. ED BF BF, i.e. "\ud800" sent unescaped) in an unknown field or key passes msgspec
-# (unknown fields are skipped unchecked) and `json.loads` (bytes input is decoded with
-# `surrogatepass`), then `canonical_signing_input` fails in `.encode("utf-8")` with
-# UnicodeEncodeError, which reaches the catch-all: 500 `internal`, and no `MintDenied` is recorded.
-# The oracle tolerates exactly that answer for exactly those inputs; the strict xfail
-# `test_known_raw_surrogate_in_an_unknown_field_is_400` turns red once it is fixed (then delete
-# this tolerance and that test).
-KNOWN_500 = {"error": "internal", "message": "internal error"}
-SEEN_KNOWN_500: list[bytes] = []
 
 
 def _raw_surrogate(sent: bytes) -> bool:
@@ -180,14 +168,8 @@ def _raw_surrogate(sent: bytes) -> bool:
 def check(live: Live, r: httpx.Response, sent: bytes = b"", *, allowed: set[int] = ALLOWED) -> None:
     """The properties every answer must have, whatever was sent."""
     where = f"{r.request.method} {r.request.url.path} -> {r.status_code} {r.text[:500]!r}"
-    if r.status_code == 500 and _raw_surrogate(sent) and r.json() == KNOWN_500:
-        SEEN_KNOWN_500.append(sent)
-        assert live.minter.calls == 0, where
-        return
     assert r.status_code in allowed, where
     text = r.text
-    if r.status_code == 401:
-        text = KNOWN_CLASS_NAME_401.sub(r"\1<class>", text)
     for marker in CRED_MARKERS:
         assert marker not in text, f"credential marker {marker!r} in a {r.status_code}: {where}"
     for marker in LEAK_MARKERS:
@@ -657,11 +639,8 @@ RAW_SURROGATE_BODIES = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN 500: a raw (UTF-8-encoded) lone surrogate in an unknown field passes "
-                   "msgspec and json.loads(bytes) (surrogatepass), then canonical_signing_input's "
-                   ".encode('utf-8') raises UnicodeEncodeError (api/mint.py)")
 @pytest.mark.parametrize("body", RAW_SURROGATE_BODIES, ids=["extra_top_level_field", "extra_intent_field", "key"])
-def test_known_raw_surrogate_in_an_unknown_field_is_400(live: Live, body: bytes) -> None:
+def test_raw_surrogate_in_an_unknown_field_is_400(live: Live, body: bytes) -> None:
     r = live.mint(body, {**auth(live.owner_jwt), "content-type": "application/json"})
     assert live.minter.calls == 0
     assert r.status_code == 400, r.text
@@ -675,8 +654,7 @@ def test_zz_broker_still_mints_and_the_fuzzed_ledger_verifies(live: Live) -> Non
     denied = [rec.data for rec in live.server.services.ledger.read(0, 10**7) if rec.type == "MintDenied"]
     reasons = {d["reason"] for d in denied}
     # the fuzzer got past the decoder: signatures, wallets, timestamps and grants were decided on
-    print(f"\nfuzz summary: {len(denied)} MintDenied, reasons {sorted(reasons)}; known-500 bodies hit: "
-          f"{len(SEEN_KNOWN_500)}")
+    print(f"\nfuzz summary: {len(denied)} MintDenied, reasons {sorted(reasons)}")
     assert len(denied) > 50, (len(denied), sorted(reasons))
     assert {"signature_invalid", "wallet_mismatch", "grant_revoked"} <= reasons, reasons
     assert not [rec for rec in live.server.services.ledger.read(0, 10**7) if rec.type == "MintAuthorized"]
