@@ -52,25 +52,12 @@ from .errors import ApiError
 from .grants import normalize_scope, scope_covers
 from .keys import Keyring
 from .ratelimit import RateLimiter
+from .schemas import MintAuthSchema, MintIntentSchema, MintRequestSchema
 from .session_policy import ScopeError
 
 
-class MintIntent(msgspec.Struct, forbid_unknown_fields=False):
-    agent_id: str
-    service: str
-    scope_path: str = ""
-
-
-class MintAuth(msgspec.Struct, forbid_unknown_fields=False):
-    address: str
-    signature: str
-
-
-class MintBody(msgspec.Struct, forbid_unknown_fields=False):
-    request_id: str
-    issued_at: str
-    intent: MintIntent
-    auth: MintAuth
+# The wire schema is the parse target (unknown fields are allowed: they are part of the signed form).
+MintIntent, MintAuth, MintBody = MintIntentSchema, MintAuthSchema, MintRequestSchema
 
 
 @dataclass(frozen=True)

@@ -151,20 +151,6 @@ def live(tmp_path_factory: pytest.TempPathFactory, moto_server: MotoServer) -> I
 
 
 
-def _raw_surrogate(sent: bytes) -> bool:
-    """Not valid UTF-8, but valid once lone surrogates are allowed (what `json.loads` accepts)."""
-    try:
-        sent.decode("utf-8")
-        return False
-    except UnicodeDecodeError:
-        pass
-    try:
-        sent.decode("utf-8", "surrogatepass")
-        return True
-    except UnicodeDecodeError:
-        return False
-
-
 def check(live: Live, r: httpx.Response, sent: bytes = b"", *, allowed: set[int] = ALLOWED) -> None:
     """The properties every answer must have, whatever was sent."""
     where = f"{r.request.method} {r.request.url.path} -> {r.status_code} {r.text[:500]!r}"
