@@ -14,6 +14,7 @@ from ..auth.bearer import bearer_token, verify_session
 from ..schemas import ErrorBody
 
 _ERRORS = {
+    400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="seq is not an integer"),
     401: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Missing or invalid credential"),
     404: ResponseSpec(data_container=ErrorBody, generate_examples=False,
                       description="No such record visible to the caller, or its EVM batch is not confirmed yet"),
