@@ -155,6 +155,10 @@ class Services:
                     gate=gate, mint_service=mint)
             services.record_signing_keys()
         except BaseException:
+            for opened in locals().get("anchors", []):
+                close = getattr(opened, "close", None)
+                if close is not None:
+                    close()
             ledger.close()
             raise
         return services
