@@ -154,6 +154,7 @@ class Services:
                     backend=LegacyBackend(config.backend_url, config.backend_timeout_s), ledger=ledger, signer=signer,
                     gate=gate, mint_service=mint)
             services.record_signing_keys()
+            services.record_anchor_contracts()
         except BaseException:
             for opened in locals().get("anchors", []):
                 close = getattr(opened, "close", None)
@@ -170,6 +171,19 @@ class Services:
             for event in keyring.signing_key_events():
                 self.ledger.execute(SigningKey, SigningKey.stream_for(event.purpose, event.kid),
                                     lambda agg, e=event: agg.record(e))
+
+    def record_anchor_contracts(self) -> None:
+        """An `AnchorContractChanged` record when the EVM anchor writes to a contract other than
+        the last one recorded (the first one included), so auditors know every contract to check."""
+        from ledger.aggregates import AnchorContract
+
+        for anchor in self.anchors:
+            contract = getattr(anchor, "contract_address", None)
+            if contract is None:
+                continue
+            self.ledger.execute(AnchorContract, AnchorContract.stream_for(anchor.name), lambda agg, a=anchor: agg.use(
+                anchor=a.name, chain_id=a.config.chain_id, contract=a.contract_address,
+                fee_payer=a.fee_payer_address))
 
     def start(self) -> None:
         if self._started:

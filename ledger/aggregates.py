@@ -14,6 +14,7 @@ from typing import ClassVar, Self
 
 from .errors import LedgerError
 from .events import (
+    AnchorContractChanged,
     AuthChallengeIssued,
     AuthFailed,
     AuthSucceeded,
@@ -296,3 +297,29 @@ class QuarantineCase(Aggregate):
 
     def open(self, event: MintQuarantined) -> list[Event]:
         return [] if self.opened is not None else [event]
+
+
+class AnchorContract(Aggregate):
+    """Which contract an EVM anchor writes to (stream key: the anchor's name); a change of
+    contract is recorded once, in order."""
+
+    kind = "anchor-contract"
+
+    def __init__(self, stream: uuid.UUID) -> None:
+        super().__init__(stream)
+        self.current: AnchorContractChanged | None = None
+
+    @staticmethod
+    def stream_for(anchor: str) -> uuid.UUID:
+        return stream_id(AnchorContract.kind, anchor)
+
+    def when_AnchorContractChanged(self, event: AnchorContractChanged) -> None:
+        self.current = event
+
+    def use(self, *, anchor: str, chain_id: int, contract: str, fee_payer: str) -> list[Event]:
+        contract = contract.lower()
+        if self.current is not None and (self.current.contract, self.current.chain_id) == (contract, chain_id):
+            return []
+        previous = self.current.contract if self.current is not None else None
+        return [AnchorContractChanged(anchor=anchor, chain_id=chain_id, contract=contract,
+                                      previous_contract=previous, fee_payer=fee_payer.lower())]

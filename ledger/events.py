@@ -310,3 +310,15 @@ class MintQuarantined(Event, frozen=True, kw_only=True):
     reason: Literal["anchor_deadline", "reorg_unrecovered", "anchor_disagreement"]
     missing_anchors: list[str]
     expiration: int
+
+
+class AnchorContractChanged(Event, frozen=True, kw_only=True):
+    """The broker started anchoring to another EVM contract (a migration: the new contract continues
+    at the old one's `lastSeq + 1`, its `start_seq`), or recorded its first contract. Auditors verify
+    across every contract in this list, in order (`audit verify --contract OLD --contract NEW`)."""
+
+    anchor: str
+    chain_id: int
+    contract: str
+    previous_contract: str | None
+    fee_payer: str

@@ -183,3 +183,48 @@ def test_proof_bundle_of_a_mint_verifies_offline_and_on_chain(tmp_path: Path, de
         head = httpx.get(server.url + "/v1/audit/head").json()
         assert head["anchors"]["evm"]["confirmed_seq"] >= minted["seq"]
         b.client.close()
+
+
+def test_contract_migration_is_recorded_and_audit_spans_both_contracts(tmp_path: Path, dev_aws, chain) -> None:
+    import subprocess
+
+    from web3 import Web3
+
+    from tests.conftest import ROOT, cli_path
+
+    def contract_events(server) -> list[dict]:  # noqa: ANN001
+        return [r.data for r in server.services.ledger.read(0, 100000) if r.type == "AnchorContractChanged"]
+
+    with evm_broker(tmp_path, dev_aws, chain) as server:
+        b = Broker(server)
+        w = Wallet()
+        assert b.mint(b.session(w), signed_mint_body(w)).status_code == 200
+        [first] = contract_events(server)
+        assert first["contract"] == chain["contract_address"].lower() and first["previous_contract"] is None
+        b.client.close()
+    w3 = Web3(Web3.HTTPProvider(chain["rpc_url"]))
+    old = chain_tools.contract_at(w3, chain["contract_address"])
+    last = old.functions.lastSeq().call()
+    from anchors.dev_chain import WELL_KNOWN_KEYS
+    from eth_account import Account
+
+    payer = Account.from_key(WELL_KNOWN_KEYS[0])
+    new = chain_tools.deploy(w3, payer, payer.address, start_seq=last + 1)
+    # retire the old contract (its submitter can no longer anchor) and point the broker at the new one
+    chain_tools.send_transaction(w3, payer, old.functions.setSubmitter("0x" + "00" * 20))
+    env = {**chain["env"], "BROKER_EVM_CONTRACT_ADDRESS": new.address,
+           "BROKER_EVM_STATE_DB": str(tmp_path / "evm-anchor-2.sqlite")}
+    with evm_broker(tmp_path, dev_aws, {**chain, "env": env}) as server:
+        b = Broker(server)
+        w = Wallet()
+        assert b.mint(b.session(w), signed_mint_body(w)).status_code == 200
+        events = contract_events(server)
+        assert [e["previous_contract"] for e in events] == [None, chain["contract_address"].lower()]
+        db = server.services.config.ledger_db
+        b.client.close()
+    export = tmp_path / "export.jsonl"
+    subprocess.run([cli_path(), "audit", "export", "--db", str(db), "--out", str(export)], check=True, timeout=60)
+    out = subprocess.run([cli_path(), "audit", "verify", "--export", str(export), "--rpc", chain["rpc_url"],
+                          "--contract", chain["contract_address"], "--contract", new.address, "--json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
