@@ -52,7 +52,7 @@ from .errors import ApiError
 from .grants import normalize_scope, scope_covers
 from .keys import Keyring
 from .ratelimit import RateLimiter
-from .schemas import MintAuthSchema, MintIntentSchema, MintRequestSchema
+from .schemas import MintAuthSchema, MintIntentSchema, MintRequestSchema, MintResponse
 from .session_policy import ScopeError
 
 
@@ -60,17 +60,7 @@ from .session_policy import ScopeError
 MintIntent, MintAuth, MintBody = MintIntentSchema, MintAuthSchema, MintRequestSchema
 
 
-@dataclass(frozen=True)
-class MintResult:
-    access_key_id: str
-    secret_access_key: str
-    session_token: str
-    expiration: int
-    wallet: str
-    audit_record_id: str
-    seq: int
-    record_hash: str
-    anchored: list[str]
+MintResult = MintResponse  # what the route answers, built once here
 
 
 def canonical_signing_input(raw: bytes) -> bytes:

@@ -65,9 +65,4 @@ async def mint_aws_creds(request: Request, state: State) -> MintResponse:
         result = await services.legacy.mint(token)  # seed §B.3: the body is ignored on this path
     else:
         result = await services.mint.mint(token, raw)
-    return MintResponse(
-        access_key_id=result.access_key_id, secret_access_key=result.secret_access_key,
-        session_token=result.session_token, expiration=result.expiration, wallet=result.wallet,
-        audit_record_id=result.audit_record_id, seq=result.seq, record_hash=result.record_hash,
-        anchored=result.anchored,
-    )
+    return result
