@@ -438,7 +438,7 @@ def bench_evm(quick: bool) -> list[str]:
     clients = 50 if quick else 200
     total = 100 if quick else 400  # mints in the timed part (bounded)
     load_limit = 12.0 if quick else 25.0  # no new request after this many seconds of load
-    confirmations, batch_wait_ms, block_time = 1, 500, 2
+    confirmations, batch_wait_ms, block_time = 1, 2000, 2  # BROKER_EVM_BATCH_MAX_WAIT_MS default
     n_ref = 4  # one-record anchor() calls on the reference contract
     rows: list[str] = []
 
