@@ -228,3 +228,17 @@ def test_contract_migration_is_recorded_and_audit_spans_both_contracts(tmp_path:
                           "--contract", chain["contract_address"], "--contract", new.address, "--json"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_evm_primary_releases_on_chain_confirmation(tmp_path: Path, dev_aws, chain) -> None:
+    with evm_broker(tmp_path, dev_aws, chain, BROKER_AUDIT_POLICY="evm_primary") as server:
+        assert server.services.config.required_anchors == ("evm",)
+        assert server.services.async_anchor_names() == ["sqlite"]  # watched by the quarantine job
+        b = Broker(server)
+        w = Wallet()
+        r = b.mint(b.session(w), signed_mint_body(w))
+        assert r.status_code == 200, r.text
+        assert "evm" in r.json()["anchored"]
+        evm = next(a for a in server.services.anchors if a.name == "evm")
+        assert evm.verify(r.json()["seq"], r.json()["record_hash"])
+        b.client.close()
