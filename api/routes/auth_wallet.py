@@ -9,6 +9,7 @@ from litestar.openapi import ResponseSpec
 
 from ..auth.siwe import SIWE_TTL_SECONDS
 from ..errors import ApiError
+from .openapi_hooks import RetryAfterOperation
 from ..schemas import ErrorBody, SessionResponse, WalletStartRequest, WalletStartResponse, WalletVerifyRequest
 
 _ERRORS = {
@@ -26,7 +27,8 @@ def _require_method(state: State) -> None:
                        "bad request: wallet_sig auth method is not enabled (set BROKER_AUTH_METHODS=wallet_sig,...)")
 
 
-@post("/v1/auth/wallet/start", status_code=200, tags=["auth"], summary="Start a SIWE challenge", responses=_ERRORS)
+@post("/v1/auth/wallet/start", status_code=200, tags=["auth"], summary="Start a SIWE challenge", responses=_ERRORS,
+      operation_class=RetryAfterOperation)
 async def wallet_start(data: JSONBody[WalletStartRequest], request: Request, state: State) -> WalletStartResponse:
     services = state.services
     _require_method(state)
@@ -42,7 +44,7 @@ async def wallet_start(data: JSONBody[WalletStartRequest], request: Request, sta
 
 
 @post("/v1/auth/wallet/verify", status_code=200, tags=["auth"], summary="Verify a SIWE signature, get a session JWT",
-      responses=_ERRORS)
+      responses=_ERRORS, operation_class=RetryAfterOperation)
 async def wallet_verify(data: JSONBody[WalletVerifyRequest], request: Request, state: State) -> SessionResponse:
     services = state.services
     _require_method(state)

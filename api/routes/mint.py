@@ -7,7 +7,7 @@ import msgspec
 from litestar import Request, post
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
-from litestar.openapi.spec import Operation
+from .openapi_hooks import RetryAfterOperation
 
 from ..auth.bearer import bearer_token
 from ..auth.session_jwt import looks_like_session_jwt
@@ -44,7 +44,7 @@ def _inline(schema: dict) -> dict:
 MINT_BODY_SCHEMA = _inline(msgspec.json.schema(MintRequestSchema))
 
 
-class _MintOperation(Operation):
+class _MintOperation(RetryAfterOperation):
     """The route reads the raw body (the signature covers its canonical form, and the session JWT
     is checked before the body is parsed), so its request schema is declared here."""
 

@@ -237,11 +237,8 @@ def test_the_default_docs_page_is_redoc(client: httpx.Client) -> None:
 # elsewhere shows up as XPASS instead of failing someone else's build. --------------------------------
 
 
-@pytest.mark.xfail(reason="GAP: 429 responses do not document the Retry-After header "
-                   "(ResponseSpec cannot carry headers; needs a handler operation_class or a spec hook in "
-                   "api/routes/auth_wallet.py)")
 @pytest.mark.parametrize("path", AUTH_ROUTES)
-def test_gap_429_documents_retry_after(spec: dict[str, Any], path: str) -> None:
+def test_429_documents_retry_after(spec: dict[str, Any], path: str) -> None:
     headers = spec["paths"][path]["post"]["responses"]["429"].get("headers") or {}
     assert "Retry-After" in headers
 
