@@ -41,6 +41,41 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
+
+def measure_healthz(url: str, seconds: int) -> tuple[float, str]:
+    """`GET /healthz` requests/s against a running broker: wrk when installed (it measures the
+    server, not a Python client), else 16 concurrent httpx clients (and the row says so)."""
+    import asyncio
+    import re
+    import shutil
+
+    import httpx
+
+    wrk = shutil.which("wrk")
+    if wrk:
+        out = subprocess.run([wrk, "-t2", "-c16", f"-d{seconds}s", url + "/healthz"],
+                             capture_output=True, text=True, timeout=seconds + 60)
+        m = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
+        assert m, out.stdout + out.stderr
+        return float(m.group(1)), "wrk -t2 -c16"
+
+    async def health() -> float:
+        count = [0]
+        stop_at = time.perf_counter() + seconds
+
+        async def w(client: httpx.AsyncClient) -> None:
+            while time.perf_counter() < stop_at:
+                r = await client.get("/healthz")
+                assert r.status_code == 200
+                count[0] += 1
+
+        async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=16)) as client:
+            t0 = time.perf_counter()
+            await asyncio.gather(*[w(client) for _ in range(16)])
+            return count[0] / (time.perf_counter() - t0)
+
+    return asyncio.run(health()), "httpx.AsyncClient, 16 concurrent (wrk not installed)"
+
 def bench_appends(threads: int, per_thread: int, batch_max: int) -> float:
     with tempfile.TemporaryDirectory() as d:
         led = Ledger(LedgerConfig(Path(d) / "ledger.sqlite", batch_max=batch_max))
@@ -180,30 +215,7 @@ def bench_sign_in(quick: bool) -> list[str]:
                 wallets[i % len(wallets)].sign_message(encode_defunct(text=sample))
             sign_rate = n_sign / (time.perf_counter() - t0)
 
-            wrk = shutil.which("wrk")
-            if wrk:
-                out = subprocess.run([wrk, "-t2", "-c16", f"-d{health_seconds}s", url + "/healthz"],
-                                     capture_output=True, text=True, timeout=health_seconds + 60)
-                m = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
-                assert m, out.stdout + out.stderr
-                health_rate, health_tool = float(m.group(1)), "wrk -t2 -c16"
-            else:
-                async def health() -> float:
-                    count = [0]
-                    stop_at = time.perf_counter() + health_seconds
-
-                    async def w(client: httpx.AsyncClient) -> None:
-                        while time.perf_counter() < stop_at:
-                            r = await client.get("/healthz")
-                            assert r.status_code == 200
-                            count[0] += 1
-
-                    async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=16)) as client:
-                        t0 = time.perf_counter()
-                        await asyncio.gather(*[w(client) for _ in range(16)])
-                        return count[0] / (time.perf_counter() - t0)
-
-                health_rate, health_tool = asyncio.run(health()), "httpx.AsyncClient, 16 concurrent (wrk not installed)"
+            health_rate, health_tool = measure_healthz(url, health_seconds)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -359,30 +371,7 @@ def bench_mint(quick: bool) -> list[str]:
                 dt = max(p[2] for p in parts) - min(p[1] for p in parts)
                 sts_results[threads] = (len(lat) / dt, lat)
 
-            wrk = shutil.which("wrk")
-            if wrk:
-                out = subprocess.run([wrk, "-t2", "-c16", f"-d{health_seconds}s", url + "/healthz"],
-                                     capture_output=True, text=True, timeout=health_seconds + 60)
-                m = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
-                assert m, out.stdout + out.stderr
-                health_rate, health_tool = float(m.group(1)), "wrk -t2 -c16"
-            else:
-                async def health() -> float:
-                    count = [0]
-                    stop_at = time.perf_counter() + health_seconds
-
-                    async def w(client: httpx.AsyncClient) -> None:
-                        while time.perf_counter() < stop_at:
-                            r = await client.get("/healthz")
-                            assert r.status_code == 200
-                            count[0] += 1
-
-                    async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=16)) as client:
-                        t0 = time.perf_counter()
-                        await asyncio.gather(*[w(client) for _ in range(16)])
-                        return count[0] / (time.perf_counter() - t0)
-
-                health_rate, health_tool = asyncio.run(health()), "httpx.AsyncClient, 16 concurrent (wrk not installed)"
+            health_rate, health_tool = measure_healthz(url, health_seconds)
         finally:
             if proc is not None:
                 proc.send_signal(signal.SIGTERM)
