@@ -73,8 +73,9 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
         try:
             yield
         finally:
-            if services.legacy is not None:
-                await services.legacy.backend.aclose()
+            aclose = getattr(services.legacy.backend, "aclose", None) if services.legacy is not None else None
+            if aclose is not None:
+                await aclose()
             if manage_lifecycle:
                 services.stop()
 

@@ -17,7 +17,7 @@ from anchors import merkle
 from ledger import proofs
 from ledger.chain import ChainRecord
 
-from .errors import ApiError
+from ledger.services.refusals import Refusal
 
 
 def _names_account(record: ChainRecord, omni: str) -> bool:
@@ -28,7 +28,7 @@ def authorize(record: ChainRecord, *, omni: str | None, operator: bool) -> None:
     if operator or (omni is not None and _names_account(record, omni)):
         return
     # the same answer as a missing record: no oracle for what other accounts' records hold
-    raise ApiError("not_found", f"not found: no record {record.seq} visible to this caller")
+    raise Refusal("not_found", f"no record {record.seq} visible to this caller")
 
 
 def operator_token_matches(presented: str, expected: str | None) -> bool:
@@ -40,7 +40,7 @@ def bundle_for(services: Any, seq: int, *, omni: str | None, operator: bool) -> 
     not confirmed yet."""
     records = services.ledger.read(seq - 1, 1) if seq >= 1 else []
     if not records or records[0].seq != seq:
-        raise ApiError("not_found", f"not found: no record {seq} visible to this caller")
+        raise Refusal("not_found", f"no record {seq} visible to this caller")
     record = records[0]
     authorize(record, omni=omni, operator=operator)
     sqlite = services.anchor("sqlite")
@@ -51,12 +51,12 @@ def bundle_for(services: Any, seq: int, *, omni: str | None, operator: bool) -> 
     batch = next((b for b in evm.batches() if b["status"] == "confirmed" and b["first_seq"] <= seq <= b["last_seq"]),
                  None)
     if batch is None:
-        raise ApiError("not_found", f"not found: record {seq} is not in a confirmed EVM batch yet; retry later")
+        raise Refusal("not_found", f"record {seq} is not in a confirmed EVM batch yet; retry later")
     first, last = batch["first_seq"], batch["last_seq"]
     members = services.ledger.read(first - 1, last - first + 1)
     leaves = [merkle.leaf_hash(bytes.fromhex(r.hash)) for r in members]
     if len(members) != last - first + 1 or merkle.root_of_leaf_hashes(leaves).hex() != _plain(batch["root"]):
-        raise ApiError("internal", "the ledger does not match its anchored batch")
+        raise Refusal("anchored_batch_mismatch", "the ledger does not match its anchored batch")
     path = merkle.inclusion_proof_from_leaf_hashes(leaves, seq - first)
     evm_section = {
         "chain_id": evm.config.chain_id, "contract": evm.contract_address, "tx_hash": batch["tx_hash"],

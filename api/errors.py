@@ -1,7 +1,11 @@
 """The one place where errors become HTTP responses.
 
 Body: `{"error": kind, "message": text}` plus `"reason"` where a typed reason exists (design §4).
-Unexpected exceptions become 500 `internal` with no detail; a traceback never reaches a response.
+The use cases refuse with `ledger.services.refusals.Refusal(reason, message, retry_after)`;
+`REFUSALS` below is the one table that maps each reason to its wire kind (and so its status) and
+says whether the reason is shown. `ApiError` is raised only by routes (`api/routes/`) for what
+is purely HTTP. Unexpected exceptions become 500 `internal` with no detail; a traceback never
+reaches a response.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
 from ledger.errors import AnchorUnavailable, ConcurrencyConflict, InvalidEventError, LedgerUnavailable
+from ledger.services.refusals import Refusal
 
 log = logging.getLogger("agentkeys.api")
 
@@ -35,6 +40,75 @@ KIND_STATUS = {
 _STATUS_KIND = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
                 415: "unsupported_media_type", 429: "rate_limited"}
+
+
+# reason -> (kind, reason shown on the wire). The status is KIND_STATUS[kind].
+REFUSALS: dict[str, tuple[str, bool]] = {
+    # malformed input: 400, no typed reason (the message says what is wrong)
+    "bad_request": ("bad_request", False),
+    "bad_address": ("bad_request", False),
+    "grant_not_revocable": ("bad_request", False),  # not found, not yours, or revoked: one answer
+    # 400 with a typed reason
+    "invalid_scope": ("bad_request", True),
+    "chain_id_not_allowed": ("bad_request", True),
+    "stale_request": ("bad_request", True),
+    "signature_not_hex": ("bad_request", True),
+    "signature_length": ("bad_request", True),
+    "signature_v": ("bad_request", True),
+    "signature_zero": ("bad_request", True),
+    # 401: the caller did not prove who it is
+    "unauthenticated": ("unauthorized", False),
+    "signature_high_s": ("unauthorized", True),
+    "signature_unrecoverable": ("unauthorized", True),
+    "address_mismatch": ("unauthorized", True),
+    "wallet_mismatch": ("unauthorized", True),
+    "challenge_unknown": ("unauthorized", True),
+    "challenge_consumed": ("unauthorized", True),
+    "challenge_expired": ("unauthorized", True),
+    "backend_rejected": ("unauthorized", True),
+    # session JWT refusals (api/auth/session_jwt.py SessionTokenReason)
+    "malformed": ("unauthorized", True),
+    "alg_not_allowed": ("unauthorized", True),
+    "unknown_kid": ("unauthorized", True),
+    "bad_signature": ("unauthorized", True),
+    "expired": ("unauthorized", True),
+    "wrong_audience": ("unauthorized", True),
+    "wrong_issuer": ("unauthorized", True),
+    "claims_invalid": ("unauthorized", True),
+    # 403: who may do this, to whose resources
+    "not_owner": ("forbidden", True),
+    "no_grant": ("forbidden", True),
+    "grant_revoked": ("forbidden", True),
+    "grant_expired": ("forbidden", True),
+    "grant_exhausted": ("forbidden", True),
+    "scope_not_granted": ("forbidden", True),
+    # 404: absent and not-yours are one answer
+    "not_found": ("not_found", False),
+    # 409
+    "wallet_role_conflict": ("conflict", True),
+    "request_replayed": ("conflict", True),
+    # 429 (with Retry-After)
+    "rate_limited": ("rate_limited", True),
+    "challenges_per_ip": ("rate_limited", True),
+    "failed_verifies_per_ip": ("rate_limited", True),
+    # 5xx
+    "anchored_batch_mismatch": ("internal", False),
+    "sts_error": ("sts_error", False),
+    "backend_unreachable": ("backend_unreachable", True),
+    "anchor_unready": ("anchor_unavailable", True),
+    "anchor_deadline": ("anchor_unavailable", True),
+    "contended": ("unavailable", False),
+}
+
+# The message of a refusal is prefixed with its kind where the seed's messages are.
+_PREFIX = {"bad_request": "bad request: ", "unauthorized": "unauthorized: ", "forbidden": "forbidden: ",
+           "not_found": "not found: ", "conflict": "conflict: ", "rate_limited": "rate limited: ",
+           "sts_error": "sts error: ", "backend_unreachable": "backend unreachable: "}
+
+
+def refusal_kind(refusal: Refusal) -> str:
+    entry = REFUSALS.get(refusal.reason)
+    return entry[0] if entry else "internal"
 
 
 class ApiError(Exception):
@@ -63,6 +137,17 @@ def error_response(kind: str, message: str, *, reason: str | None = None, status
 
 def _api_error(_: Request, exc: ApiError) -> Response:
     return error_response(exc.kind, exc.message, reason=exc.reason, headers=exc.headers)
+
+
+def _refusal(_: Request, exc: Refusal) -> Response:
+    entry = REFUSALS.get(exc.reason)
+    if entry is None:  # a reason without a row is a defect of this table (tests/unit/api/test_refusals.py)
+        log.error("refusal reason %r has no entry in api.errors.REFUSALS", exc.reason)
+        return error_response("internal", "internal error")
+    kind, shown = entry
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return error_response(kind, _PREFIX.get(kind, "") + exc.message, reason=exc.reason if shown else None,
+                          headers=headers)
 
 
 def _http_exception(_: Request, exc: HTTPException) -> Response:
@@ -118,6 +203,7 @@ def _unexpected(request: Request, exc: Exception) -> Response:
 
 EXCEPTION_HANDLERS = {
     ApiError: _api_error,
+    Refusal: _refusal,
     NotFoundException: _http_exception,
     HTTPException: _http_exception,
     LedgerUnavailable: _ledger_unavailable,

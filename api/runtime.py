@@ -1,9 +1,12 @@
 """The composition root of a broker process: builds every component from `BrokerConfig`.
 
-`Services.build(config)` runs the boot checks in order (seed-spec §F.2, Tier 1: keys, ledger,
-anchors, policy), opens everything, records the signing keys in use, and wires the services the
-routes call. `start()`/`stop()` run and stop the background threads. Nothing else constructs
-concrete adapters.
+`Services.build(config, *, ledger=None, anchors=None, gate=None, minter=None, clock=None, ...)`
+runs the boot checks in order (seed-spec §F.2, Tier 1: keys, ledger, anchors, policy), opens
+everything, records the signing keys in use, and wires the use cases (`ledger/services/`) to their
+ports' adapters. A part passed in is used instead of the one the config would build (tests inject
+a counting or failing minter, a gate with its own deadline, extra anchors, a clock): nothing is
+rewired after `build`. `start()`/`stop()` run and stop the background threads. Nothing else
+constructs concrete adapters.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from anchors.sqlite import SQLiteAnchor
 from ledger.aggregates import SigningKey
@@ -19,20 +22,24 @@ from ledger.anchoring import AnchorPump
 from ledger.app import Ledger
 from ledger.config import LedgerConfig
 from ledger.gate import ReleaseGate
-from ledger.ports import Anchor, Readiness, StsError
+from ledger.ports import Anchor, AnchorReadiness, Clock, CredentialMinter, IdentityBackend, Readiness, StsError
+from ledger.services.grants import GrantService
+from ledger.services.legacy import LegacyService
+from ledger.services.mint import MintService
+from ledger.services.refusals import Refusal
+from ledger.services.release import ReleasePath
+from ledger.services.signin import WalletSignIn
 from projections.db import make_engine
+from projections.grants import GrantReadModel
 from projections.registry import all_projections
 from projections.runner import ProjectionRunner
 
 from .auth.session_jwt import SessionSigner
-from .auth.wallet import WalletAuth
-from .grants import GrantService
-from .legacy import LegacyBackend, LegacyService
-from .mint import MintService
+from .legacy import LegacyBackend
+from .signing import JwsGrantProofSigner, JwtSessionIssuer
 from .sts import BotoStsMinter
 from .client_ip import client_ip
 from .config import BootFailure, BrokerConfig
-from .errors import ApiError
 from .keys import KeyFileError, Keyring, load_keyring
 from .ratelimit import RateLimiter
 from .readiness import Check
@@ -43,6 +50,33 @@ log = logging.getLogger("agentkeys.runtime")
 PROJECTION_LAG_DEGRADED = 1000
 HOUR = 3600
 STS_PROBE_TTL_S = 15.0
+ANCHOR_READY_TTL_S = 1.0
+
+
+def cached_anchor_readiness(anchors: Sequence[Anchor], ttl_s: float = ANCHOR_READY_TTL_S) -> AnchorReadiness:
+    """The default `AnchorReadiness` port: `anchor.ready()` (each anchor bounds its own probe)
+    cached `ttl_s` per anchor; an error is unready. The mint use case calls it in a worker thread.
+    A background prober (cached results) can replace it: `Services.build(..., anchor_ready=...)`."""
+    by_name = {a.name: a for a in anchors}
+    cache: dict[str, tuple[float, Readiness]] = {}
+
+    def anchor_ready(name: str) -> Readiness:
+        now = time.monotonic()
+        hit = cache.get(name)
+        if hit is not None and now - hit[0] < ttl_s:
+            return hit[1]
+        anchor = by_name.get(name)
+        if anchor is None:
+            result = Readiness("unready", f"anchor {name} is not configured")
+        else:
+            try:
+                result = anchor.ready()
+            except Exception as exc:
+                result = Readiness("unready", f"{type(exc).__name__}: {exc}"[:200])
+        cache[name] = (now, result)
+        return result
+
+    return anchor_ready
 
 
 def _load_keys(config: BrokerConfig) -> tuple[Keyring, Keyring]:
@@ -95,10 +129,11 @@ class Services:
     session_keys: Keyring
     signer: SessionSigner
     gate: ReleaseGate
-    wallet_auth: WalletAuth
+    release: ReleasePath
+    wallet_auth: WalletSignIn
     challenge_limiter: RateLimiter
     failed_verify_limiter: RateLimiter
-    minter: Any
+    minter: CredentialMinter
     grants: GrantService
     mint: MintService
     legacy: LegacyService | None = None
@@ -107,57 +142,84 @@ class Services:
     _sts_probe: tuple[float, Readiness] | None = field(default=None, repr=False)
 
     @classmethod
-    def build(cls, config: BrokerConfig) -> "Services":
+    def build(
+        cls,
+        config: BrokerConfig,
+        *,
+        ledger: Ledger | None = None,
+        anchors: Sequence[Anchor] | None = None,
+        gate: ReleaseGate | Callable[[Sequence[Anchor]], ReleaseGate] | None = None,
+        minter: CredentialMinter | None = None,
+        clock: Clock | None = None,
+        anchor_ready: AnchorReadiness | None = None,
+        legacy_backend: IdentityBackend | None = None,
+    ) -> "Services":
+        """`anchors` replaces the configured anchors (the caller opened them; they are closed on
+        `stop()`); `gate` is a gate or a factory given the anchors (the pump's waiter is the
+        process-wide `ledger.anchoring.default_waiter()`)."""
         oidc_keys, session_keys = _load_keys(config)
         config.check_paths()
-        ledger = Ledger(
-            LedgerConfig(
-                config.ledger_db,
-                batch_max=config.ledger_batch_max,
-                batch_max_wait_ms=float(config.ledger_batch_max_wait_ms),
+        now: Clock = clock or time.time
+        if ledger is None:
+            ledger = Ledger(
+                LedgerConfig(
+                    config.ledger_db,
+                    batch_max=config.ledger_batch_max,
+                    batch_max_wait_ms=float(config.ledger_batch_max_wait_ms),
+                )
             )
-        )
+        opened: list[Anchor] = []
         try:
-            anchors: list[Anchor] = []
-            for name in config.anchors:
-                if name == "evm":
-                    anchors.append(_start_evm_anchor(config))
-                elif name == "sqlite":
-                    try:
-                        anchors.append(SQLiteAnchor(config.anchor_db))
-                    except Exception as exc:
-                        raise BootFailure("BROKER_SQLITE_ANCHOR_DB", str(config.anchor_db),
-                                          f"cannot open the SQLite anchor: {exc}", "sqlite-anchor-db") from None
-            pump = AnchorPump(ledger, anchors)
+            if anchors is None:
+                for name in config.anchors:
+                    if name == "evm":
+                        opened.append(_start_evm_anchor(config))
+                    elif name == "sqlite":
+                        try:
+                            opened.append(SQLiteAnchor(config.anchor_db))
+                        except Exception as exc:
+                            raise BootFailure("BROKER_SQLITE_ANCHOR_DB", str(config.anchor_db),
+                                              f"cannot open the SQLite anchor: {exc}", "sqlite-anchor-db") from None
+            else:
+                opened = list(anchors)
+            pump = AnchorPump(ledger, opened)
             runner = ProjectionRunner(ledger, make_engine(config.projections_db), all_projections())
-            gate = ReleaseGate(anchors, config.required_anchors, config.anchor_deadline_ms, waiter=pump.waiter)
+            if gate is None:
+                gate = ReleaseGate(opened, config.required_anchors, config.anchor_deadline_ms, waiter=pump.waiter)
+            elif not isinstance(gate, ReleaseGate):
+                gate = gate(opened)
+            release = ReleasePath(ledger=ledger, gate=gate)
             signer = SessionSigner(session_keys, config.issuer, config.session_jwt_ttl_s)
-            wallet_auth = WalletAuth(ledger=ledger, signer=signer, gate=gate, domain=config.siwe_domain,
-                                     uri=config.issuer, chain_ids=config.siwe_chain_ids)
-            minter = BotoStsMinter(config.sts)
-            grants = GrantService(ledger=ledger, projections=runner, keyring=session_keys)
+            issuer = JwtSessionIssuer(signer)
+            wallet_auth = WalletSignIn(ledger=ledger, issuer=issuer, release=release, domain=config.siwe_domain,
+                                       uri=config.issuer, chain_ids=config.siwe_chain_ids, clock=now)
+            minter = minter if minter is not None else BotoStsMinter(config.sts)
+            grant_reads = GrantReadModel(runner)
+            grants = GrantService(ledger=ledger, grants=grant_reads, proof_signer=JwsGrantProofSigner(session_keys),
+                                  clock=now)
             mint = MintService(
-                ledger=ledger, projections=runner, session_keys=session_keys, issuer=config.issuer, minter=minter,
-                gate=gate, grants_required=config.grants_required, max_skew_s=config.mint_max_skew_s,
+                ledger=ledger, grants=grant_reads, minter=minter, release=release,
+                anchor_ready=anchor_ready or cached_anchor_readiness(opened),
+                grants_required=config.grants_required, max_skew_s=config.mint_max_skew_s,
                 duration_s=config.sts.duration_seconds,
-                mint_limiter=RateLimiter(config.mints_per_hour_per_omni, HOUR),
+                mint_limiter=RateLimiter(config.mints_per_hour_per_omni, HOUR), clock=now,
             )
             services = cls(
-                minter=minter, grants=grants, mint=mint,
-                config=config, ledger=ledger, anchors=anchors, pump=pump, projections=runner,
+                minter=minter, grants=grants, mint=mint, release=release,
+                config=config, ledger=ledger, anchors=opened, pump=pump, projections=runner,
                 oidc_keys=oidc_keys, session_keys=session_keys, signer=signer, gate=gate, wallet_auth=wallet_auth,
                 challenge_limiter=RateLimiter(config.challenges_per_hour_per_ip, HOUR),
                 failed_verify_limiter=RateLimiter(config.failed_verifies_per_hour_per_ip, HOUR),
             )
             if config.legacy_bearer and config.backend_url:
                 services.legacy = LegacyService(
-                    backend=LegacyBackend(config.backend_url, config.backend_timeout_s), ledger=ledger, signer=signer,
-                    gate=gate, mint_service=mint)
+                    backend=legacy_backend or LegacyBackend(config.backend_url, config.backend_timeout_s),
+                    ledger=ledger, issuer=issuer, release=release, mint_service=mint)
             services.record_signing_keys()
             services.record_anchor_contracts()
         except BaseException:
-            for opened in locals().get("anchors", []):
-                close = getattr(opened, "close", None)
+            for anchor in opened:
+                close = getattr(anchor, "close", None)
                 if close is not None:
                     close()
             ledger.close()
@@ -245,15 +307,15 @@ class Services:
     def limit_challenge_start(self, request: Any) -> None:
         decision = self.challenge_limiter.check(self.client_ip(request))
         if not decision.allowed:
-            raise ApiError("rate_limited", "rate limited: too many sign-in challenges from this address",
-                           reason="challenges_per_ip", headers={"Retry-After": str(decision.retry_after_seconds)})
+            raise Refusal("challenges_per_ip", "too many sign-in challenges from this address",
+                          retry_after=decision.retry_after_seconds)
 
     def check_failed_verify_budget(self, request: Any) -> str:
         key = self.client_ip(request)
         decision = self.failed_verify_limiter.peek(key)
         if not decision.allowed:
-            raise ApiError("rate_limited", "rate limited: too many failed sign-in verifications from this address",
-                           reason="failed_verifies_per_ip", headers={"Retry-After": str(decision.retry_after_seconds)})
+            raise Refusal("failed_verifies_per_ip", "too many failed sign-in verifications from this address",
+                          retry_after=decision.retry_after_seconds)
         return key
 
     def count_failed_verify(self, key: str) -> None:

@@ -19,9 +19,18 @@ _REGISTRY: dict[str, type["Event"]] = {}
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Base class of every ledger event."""
+    """Base class of every ledger event.
+
+    Evolving events (design §8; docs/events.md "Evolving events"): records are immutable, so a
+    field added to an existing event class is optional (default `None`) and listed in the class's
+    `ADDED_FIELDS`; `to_data()` omits it while it is null, so a record that does not use it is
+    byte-identical to one written before the field existed (and a null added field is never part
+    of a signed content such as `GrantCreated.audit_proof`). Old records keep decoding, re-hashing
+    and verifying unchanged (tests/unit/ledger/test_event_evolution.py). Fields are never removed,
+    renamed or retyped; a new meaning is a new event type."""
 
     registered: ClassVar[bool] = True
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -39,7 +48,11 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
         return type(self).__name__
 
     def to_data(self) -> dict[str, Any]:
-        return msgspec.to_builtins(self)
+        data = msgspec.to_builtins(self)
+        for name in self.ADDED_FIELDS:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 def event_class(type_name: str) -> type[Event] | None:
@@ -232,6 +245,7 @@ MintDenialReason = Literal[
     "rate_limited",
     "sts_error",
     "bad_request",
+    "anchor_unready",  # a required anchor was unready: refused before any work (design §8)
 ]
 
 

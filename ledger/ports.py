@@ -1,13 +1,18 @@
 """Ports the core declares and outer packages implement.
 
 `Anchor` is implemented by anchors/sqlite.py, anchors/evm.py and anchors/memory.py; every
-implementation passes tests/contract/test_anchor_contract.py.
+implementation passes tests/contract/test_anchor_contract.py. `CredentialMinter` by api/sts.py.
+The use cases of `ledger/services/` depend on the ports below and nothing else outside `ledger/`:
+`SessionIssuer` and `GrantProofSigner` (api/signing.py: JWT/JWS with the session keyring),
+`GrantLookup` (projections/grants.py: the `grants` read model), `IdentityBackend` (api/legacy.py:
+the legacy bearer backend over HTTP), `RateLimit` (api/ratelimit.py), `AnchorReadiness` (the
+runtime's cached readiness of the required anchors) and `Clock`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Hashable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 from .chain import ChainRecord
 
@@ -91,3 +96,87 @@ class CredentialMinter(Protocol):
     def assume_role(self, request: AssumeRoleRequest) -> IssuedCredentials: ...
 
     def check_identity(self) -> str: ...
+
+
+# --- ports of the use cases (ledger/services/) ---------------------------------------------------
+
+Clock = Callable[[], float]
+"""Wall-clock time in Unix seconds (`time.time` in production; tests inject their own)."""
+
+AnchorReadiness = Callable[[str], Readiness]
+"""`anchor_ready(name)`: the readiness of one anchor, ideally the last result of a background
+probe. The mint use case calls it in a worker thread, never on the event loop; an implementation
+that probes inline must bound the probe with a timeout."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignedSession:
+    """A session JWT signed by the broker, with what its ledger record names."""
+
+    token: str = field(repr=False)
+    kid: str
+    jti: str
+    iat: int
+    exp: int
+    token_sha256: str
+
+
+@runtime_checkable
+class SessionIssuer(Protocol):
+    """Signs session JWTs (api/signing.py with the session keyring)."""
+
+    def issue(self, *, omni_account: str, wallet_address: str, identity_type: str,
+              identity_value: str) -> SignedSession: ...
+
+
+@runtime_checkable
+class GrantProofSigner(Protocol):
+    """Signs a grant's content (the canonical JSON of `GrantCreated` without `audit_proof`) as a
+    compact JWS that auditors verify offline against a recorded `SigningKeyRotated` key."""
+
+    def sign(self, content: Mapping[str, Any]) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GrantCandidate:
+    """A grant the read model lists for a daemon and service; the decision to use it is made on
+    the `Grant` aggregate, never on this row."""
+
+    grant_id: str
+    scope_path: str
+
+
+@runtime_checkable
+class GrantLookup(Protocol):
+    """The `grants` read model (projections/grants.py)."""
+
+    def for_daemon(self, daemon_address: str, service: str) -> Sequence[GrantCandidate]: ...
+
+    def of_master(self, master_omni_account: str) -> Sequence[Any]: ...
+
+    async def caught_up(self, seq: int) -> None:
+        """Return once the read model has applied `seq` (read-your-writes), or after its timeout."""
+        ...
+
+
+class RateDecision(Protocol):
+    @property
+    def allowed(self) -> bool: ...
+
+    @property
+    def retry_after_seconds(self) -> int: ...
+
+
+@runtime_checkable
+class RateLimit(Protocol):
+    """Counts one attempt for `key` and says whether it is within the limit."""
+
+    def check(self, key: Hashable) -> RateDecision: ...
+
+
+@runtime_checkable
+class IdentityBackend(Protocol):
+    """The legacy bearer backend: the wallet it vouches for a token, or a `Refusal`
+    (`backend_rejected`, `backend_unreachable`)."""
+
+    async def validate(self, token: str) -> str: ...

@@ -128,3 +128,21 @@ def grants_for_daemon(bind: Engine | Connection, daemon_address: str, service: s
 def get_grant(bind: Engine | Connection, grant_id: str) -> GrantRow | None:
     rows = _rows(bind, sa.select(*_COLUMNS).where(grants.c.grant_id == grant_id))
     return rows[0] if rows else None
+
+
+class GrantReadModel:
+    """The `GrantLookup` port of the use cases (ledger/ports.py) over this table: rows for a
+    daemon (mint) or a master (list), and read-your-writes after an append."""
+
+    def __init__(self, runner: Any, *, catch_up_timeout_s: float = 5.0) -> None:
+        self.runner = runner  # projections.runner.ProjectionRunner
+        self.catch_up_timeout_s = catch_up_timeout_s
+
+    def for_daemon(self, daemon_address: str, service: str) -> list[GrantRow]:
+        return grants_for_daemon(self.runner.engine, daemon_address, service)
+
+    def of_master(self, master_omni_account: str) -> list[GrantRow]:
+        return grants_of_master(self.runner.engine, master_omni_account)
+
+    async def caught_up(self, seq: int) -> None:
+        await self.runner.wait_until_async(seq, timeout=self.catch_up_timeout_s)

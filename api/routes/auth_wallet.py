@@ -7,8 +7,10 @@ from litestar.params import JSONBody
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 
-from ..auth.siwe import SIWE_TTL_SECONDS
-from ..errors import ApiError
+from ledger.siwe import SIWE_TTL_SECONDS
+from ledger.services.refusals import Refusal
+
+from ..errors import ApiError, refusal_kind
 from .openapi_hooks import RetryAfterOperation
 from ..schemas import ErrorBody, SessionResponse, WalletStartRequest, WalletStartResponse, WalletVerifyRequest
 
@@ -51,8 +53,8 @@ async def wallet_verify(data: JSONBody[WalletVerifyRequest], request: Request, s
     key = services.check_failed_verify_budget(request)
     try:
         session = await services.wallet_auth.verify(data.request_id, data.signature)
-    except ApiError as exc:
-        if exc.kind in ("bad_request", "unauthorized"):
+    except Refusal as exc:
+        if refusal_kind(exc) in ("bad_request", "unauthorized"):
             services.count_failed_verify(key)
         raise
     return SessionResponse(

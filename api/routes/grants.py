@@ -7,7 +7,9 @@ from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody
 
-from ..auth.bearer import bearer_token, verify_session
+from ledger.services.caller import Caller
+
+from ..auth.bearer import bearer_token, caller_of, verify_session
 from ..schemas import (
     ErrorBody,
     GrantCreateRequest,
@@ -27,9 +29,9 @@ _ERRORS = {
 }
 
 
-def _claims(request: Request, state: State):  # noqa: ANN202
+def _claims(request: Request, state: State) -> Caller:
     services = state.services
-    return verify_session(bearer_token(request.headers), services.session_keys, services.config.issuer)
+    return caller_of(verify_session(bearer_token(request.headers), services.session_keys, services.config.issuer))
 
 
 @post("/v1/grant/create", status_code=200, tags=["grants"], summary="Grant a daemon wallet a service and scope",

@@ -1,6 +1,12 @@
-"""`POST /v1/mint-aws-creds` (seed-spec §B.4; the legacy bearer path §B.3 when enabled)."""
+"""`POST /v1/mint-aws-creds` (seed-spec §B.4; the legacy bearer path §B.3 when enabled).
+
+The route checks the session JWT (401 before the body is read as a request), decodes the wire
+body and its signed canonical form (400 when it does not parse), calls the mint use case
+(`ledger/services/mint.py`) and answers."""
 
 from __future__ import annotations
+
+import json
 
 import msgspec
 
@@ -9,8 +15,11 @@ from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 from .openapi_hooks import RetryAfterOperation
 
-from ..auth.bearer import bearer_token
+from ledger.services.mint import MintIntent, MintResult
+
+from ..auth.bearer import bearer_token, caller_of, verify_session
 from ..auth.session_jwt import looks_like_session_jwt
+from ..errors import ApiError
 from ..schemas import ErrorBody, MintRequestSchema, MintResponse
 
 _ERRORS = {
@@ -23,6 +32,37 @@ _ERRORS = {
     502: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="STS refused or unreachable (sts_error)"),
     503: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Anchors did not confirm in time; nothing released (anchor_unavailable)"),
 }
+
+
+def canonical_signing_input(raw: bytes) -> bytes:
+    """The seed's canonical body: the JSON with `auth.signature` removed, keys sorted recursively,
+    compact, non-ASCII unescaped (seed-spec §B.4 step 3)."""
+    value = json.loads(raw.decode("utf-8"))  # strict UTF-8: raw lone surrogates are refused here
+    if isinstance(value, dict) and isinstance(value.get("auth"), dict):
+        value["auth"].pop("signature", None)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def parse_mint_body(raw: bytes) -> tuple[MintIntent, bytes]:
+    """The wire body as the use case's `MintIntent`, and its signed canonical form."""
+    if not raw or not raw.strip():
+        raise ApiError("bad_request", "bad request: v2 mint requires a JSON body")
+    try:
+        body = msgspec.json.decode(raw, type=MintRequestSchema)
+        canonical = canonical_signing_input(raw)  # built from a generic parse: it must succeed too
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError) as exc:
+        raise ApiError("bad_request", f"bad request: malformed v2 body: {str(exc)[:200]}") from None
+    intent = MintIntent(request_id=body.request_id, issued_at=body.issued_at, agent_id=body.intent.agent_id,
+                        service=body.intent.service, scope_path=body.intent.scope_path, address=body.auth.address,
+                        signature=body.auth.signature)
+    return intent, canonical
+
+
+def _response(result: MintResult) -> MintResponse:
+    return MintResponse(access_key_id=result.access_key_id, secret_access_key=result.secret_access_key,
+                        session_token=result.session_token, expiration=result.expiration, wallet=result.wallet,
+                        audit_record_id=result.audit_record_id, seq=result.seq, record_hash=result.record_hash,
+                        anchored=result.anchored)
 
 
 def _inline(schema: dict) -> dict:
@@ -62,7 +102,7 @@ async def mint_aws_creds(request: Request, state: State) -> MintResponse:
     token = bearer_token(request.headers)
     raw = await request.body()
     if services.legacy is not None and not looks_like_session_jwt(token):
-        result = await services.legacy.mint(token)  # seed §B.3: the body is ignored on this path
-    else:
-        result = await services.mint.mint(token, raw)
-    return result
+        return _response(await services.legacy.mint(token))  # seed §B.3: the body is ignored on this path
+    claims = verify_session(token, services.session_keys, services.config.issuer)
+    intent, canonical = parse_mint_body(raw)
+    return _response(await services.mint.mint(caller_of(claims), intent, canonical))

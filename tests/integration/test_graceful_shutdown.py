@@ -218,7 +218,9 @@ def test_exits_within_the_grace_period_when_a_request_would_outlast_it(tmp_path:
         broker.stop()
     types = broker.events()
     # Recorded before the wait, never released. Note: no `SessionWithheld` follows it today, so the
-    # ledger cannot tell this session from a released one (reported; api/auth/wallet.py).
+    # ledger cannot tell this session from a released one: the process exits without cancelling the
+    # request, so the release path (ledger/services/release.py) never runs its cancellation branch;
+    # the start-up sweep of design §8 (`*Withheld{interrupted}`) is what will close this.
     assert "SessionIssued" in types
 
 

@@ -17,7 +17,7 @@ from anchors.memory import MemoryAnchor
 from api.config import BrokerConfig
 from api.keys import generate_keyfile, load_keyring
 from api.runtime import Services
-from ledger.anchoring import AnchorPump
+from ledger.anchoring import default_waiter
 from ledger.gate import ReleaseGate
 from tests.support import LiveServer, Wallet, broker_env, sign_in, signed_mint_body
 from tests.support_moto import sts_env
@@ -46,8 +46,7 @@ class Broker:
     def __init__(self, server: LiveServer) -> None:
         self.server = server
         self.services: Services = server.services
-        self.minter = CountingMinter(self.services.minter)
-        self.services.mint.minter = self.minter
+        self.minter = self.services.minter  # a CountingMinter, injected at build (`build_broker`)
         self.client = httpx.Client(base_url=server.url, timeout=60)
 
     def session(self, wallet: Wallet) -> str:
@@ -80,22 +79,35 @@ def assert_no_credentials(r: httpx.Response) -> None:
     assert "ASIA" not in r.text
 
 
+def build_services(env: dict, *, minter=None, **inject) -> Services:  # noqa: ANN001, ANN003
+    """The broker's composition root with the parts a test injects; the minter is always wrapped
+    in a `CountingMinter` (the real boto3 one unless another is given)."""
+    from api.sts import BotoStsMinter
+
+    config = BrokerConfig.from_env(env)
+    return Services.build(config, minter=CountingMinter(minter or BotoStsMinter(config.sts)), **inject)
+
+
 @pytest.fixture
 def broker(tmp_path: Path, dev_aws):
     env = broker_env(tmp_path, **sts_env(dev_aws))
-    with LiveServer(Services.build(BrokerConfig.from_env(env))) as server:
+    with LiveServer(build_services(env)) as server:
         b = Broker(server)
         yield b
         b.client.close()
 
 
-@pytest.fixture
-def pair(broker: Broker):
+def make_pair(broker: Broker):  # noqa: ANN201
     """A master with a session, a daemon with a session, and a grant from one to the other."""
     master, daemon = Wallet(), Wallet()
     master_jwt = broker.session(master)
     grant = broker.grant(master_jwt, daemon)
     return master, master_jwt, daemon, broker.session(daemon), grant
+
+
+@pytest.fixture
+def pair(broker: Broker):
+    return make_pair(broker)
 
 
 # --- §D.1 (a)–(f) ------------------------------------------------------------------------------
@@ -162,36 +174,38 @@ def test_d_jwt_signed_by_an_attacker_keypair_is_rejected(broker: Broker, pair, t
     assert broker.minter.calls == 0
 
 
-def test_e_anchor_that_never_confirms_means_503_within_the_deadline_and_nothing_released(broker: Broker, pair) -> None:
-    *_, daemon, daemon_jwt, _ = pair
-    broker.services.pump.stop()
-    broker.services.mint.gate = ReleaseGate(broker.services.anchors, ["sqlite"], 400, waiter=broker.services.pump.waiter)
-    t0 = time.monotonic()
-    r = broker.mint(daemon_jwt, signed_mint_body(daemon))
-    assert r.status_code == 503 and r.json()["error"] == "anchor_unavailable"
-    assert time.monotonic() - t0 < 5
-    assert_no_credentials(r)
-    [withheld] = broker.events("MintWithheld")
-    assert withheld["missing_anchors"] == ["sqlite"]
-    assert broker.minter.calls == 1  # STS was called (speculatively); the credential was withheld
+def test_e_anchor_that_never_confirms_means_503_within_the_deadline_and_nothing_released(tmp_path: Path, dev_aws) -> None:
+    env = broker_env(tmp_path, **sts_env(dev_aws), BROKER_ANCHOR_DEADLINE_MS="400")
+    with LiveServer(build_services(env)) as server:
+        broker = Broker(server)
+        *_, daemon, daemon_jwt, _ = make_pair(broker)
+        broker.services.pump.stop()
+        t0 = time.monotonic()
+        r = broker.mint(daemon_jwt, signed_mint_body(daemon))
+        assert r.status_code == 503 and r.json()["error"] == "anchor_unavailable"
+        assert time.monotonic() - t0 < 5
+        assert_no_credentials(r)
+        [withheld] = broker.events("MintWithheld")
+        assert withheld["missing_anchors"] == ["sqlite"]
+        assert broker.minter.calls == 1  # STS was called (speculatively); the credential was withheld
+        broker.client.close()
 
 
-def test_f_second_anchor_failing_withholds_even_though_sqlite_confirmed(broker: Broker, pair) -> None:
-    *_, daemon, daemon_jwt, _ = pair
+def test_f_second_anchor_failing_withholds_even_though_sqlite_confirmed(tmp_path: Path, dev_aws) -> None:
     failing = MemoryAnchor(name="failing")
-    failing.fail_next_submit(RuntimeError("disk on fire"), times=None)
-    waiter = broker.services.pump.waiter
-    extra_pump = AnchorPump(broker.services.ledger, [failing], waiter=waiter).start()
-    try:
-        anchors = [*broker.services.anchors, failing]
-        broker.services.mint.gate = ReleaseGate(anchors, ["sqlite", "failing"], 500, waiter=waiter)
+    confirming = MemoryAnchor(name="sqlite")
+    env = broker_env(tmp_path, **sts_env(dev_aws))
+    gate = ReleaseGate([confirming, failing], ["sqlite", "failing"], 500, waiter=default_waiter())
+    with LiveServer(build_services(env, anchors=[confirming, failing], gate=gate)) as server:
+        broker = Broker(server)
+        *_, daemon, daemon_jwt, _ = make_pair(broker)  # sessions released: both anchors confirm so far
+        failing.fail_next_submit(RuntimeError("disk on fire"), times=None)
         r = broker.mint(daemon_jwt, signed_mint_body(daemon))
         assert r.status_code == 503
         assert_no_credentials(r)
         [withheld] = broker.events("MintWithheld")
         assert withheld["missing_anchors"] == ["failing"]
-    finally:
-        extra_pump.stop()
+        broker.client.close()
 
 
 # --- grants --------------------------------------------------------------------------------------
@@ -214,7 +228,7 @@ def test_grant_create_list_revoke_round_trip(broker: Broker) -> None:
 
 
 def test_grant_audit_proof_verifies_offline_with_the_recorded_public_key(broker: Broker) -> None:
-    from api.grants import verify_audit_proof
+    from api.signing import verify_audit_proof
     from api.keys import public_key_from_jwk
     import jwt as pyjwt
 
@@ -281,7 +295,7 @@ def test_unusable_grants_are_403_with_a_typed_reason_and_never_reach_sts(broker:
 def test_self_mint_without_grant_only_when_grants_are_not_required(tmp_path: Path, dev_aws) -> None:
     for required, expected in (("true", 403), ("false", 200)):
         env = broker_env(tmp_path / required, **sts_env(dev_aws), BROKER_GRANTS_REQUIRED=required)
-        with LiveServer(Services.build(BrokerConfig.from_env(env))) as server:
+        with LiveServer(build_services(env)) as server:
             b = Broker(server)
             w = Wallet()
             r = b.mint(b.session(w), signed_mint_body(w))
@@ -396,8 +410,7 @@ def test_claimed_address_differs_from_signer(broker: Broker, pair) -> None:
     assert r.status_code == 401
 
 
-def test_sts_failure_is_502_with_no_credentials(broker: Broker, pair) -> None:
-    *_, daemon, dj, _ = pair
+def test_sts_failure_is_502_with_no_credentials(tmp_path: Path, dev_aws) -> None:
     from ledger.ports import StsError
 
     class Failing:
@@ -407,17 +420,21 @@ def test_sts_failure_is_502_with_no_credentials(broker: Broker, pair) -> None:
         def check_identity(self) -> str:
             return "x"
 
-    broker.services.mint.minter = Failing()
-    r = broker.mint(dj, signed_mint_body(daemon))
-    assert r.status_code == 502 and r.json()["error"] == "sts_error" and "simulated AccessDenied" in r.json()["message"]
-    assert_no_credentials(r)
-    assert broker.events("MintDenied")[-1]["reason"] == "sts_error"
+    env = broker_env(tmp_path, **sts_env(dev_aws))
+    with LiveServer(build_services(env, minter=Failing())) as server:
+        broker = Broker(server)
+        *_, daemon, dj, _ = make_pair(broker)
+        r = broker.mint(dj, signed_mint_body(daemon))
+        assert r.status_code == 502 and r.json()["error"] == "sts_error" and "simulated AccessDenied" in r.json()["message"]
+        assert_no_credentials(r)
+        assert broker.events("MintDenied")[-1]["reason"] == "sts_error"
+        broker.client.close()
 
 
 def test_mints_are_rate_limited_per_omni_account(tmp_path: Path, dev_aws) -> None:
     env = broker_env(tmp_path, **sts_env(dev_aws), BROKER_RATE_LIMIT_MINTS_PER_HOUR_PER_OMNI="2",
                      BROKER_GRANTS_REQUIRED="false")
-    with LiveServer(Services.build(BrokerConfig.from_env(env))) as server:
+    with LiveServer(build_services(env)) as server:
         b = Broker(server)
         w = Wallet()
         jwt = b.session(w)
@@ -436,7 +453,7 @@ def test_oversized_mint_body_is_413(broker: Broker, pair) -> None:
 
 def test_scope_path_may_be_omitted_for_services_without_a_scope(tmp_path: Path, dev_aws) -> None:
     env = broker_env(tmp_path, **sts_env(dev_aws), BROKER_GRANTS_REQUIRED="false")
-    with LiveServer(Services.build(BrokerConfig.from_env(env))) as server:
+    with LiveServer(build_services(env)) as server:
         b = Broker(server)
         w = Wallet()
         body = signed_mint_body(w, service="dynamodb")

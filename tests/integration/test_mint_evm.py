@@ -20,7 +20,7 @@ from anchors import chain_tools
 from api.cli import start_dev_chain
 from api.config import BootFailure, BrokerConfig
 from api.runtime import Services
-from tests.integration.test_mint import Broker, assert_no_credentials, auth
+from tests.integration.test_mint import Broker, assert_no_credentials, auth, build_services
 from tests.support import LiveServer, Wallet, broker_env, signed_mint_body
 from tests.support_moto import sts_env
 from workers.jobs import quarantine
@@ -42,7 +42,7 @@ def chain(tmp_path: Path):
 def evm_broker(tmp_path: Path, dev_aws, chain, **env: str) -> LiveServer:
     full = broker_env(tmp_path, **sts_env(dev_aws), **chain["env"], BROKER_AUDIT_ANCHORS="sqlite,evm",
                       BROKER_GRANTS_REQUIRED="false", **env)
-    return LiveServer(Services.build(BrokerConfig.from_env(full)))
+    return LiveServer(build_services(full))
 
 
 def contiguous_on_chain(chain) -> list:  # noqa: ANN001

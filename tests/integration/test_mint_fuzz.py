@@ -5,7 +5,7 @@ One live broker for the whole module, pointed at the session's moto server (so a
 reach STS would really mint and be caught), grants required. The only wallet with grants has them
 revoked, so even a perfectly signed, fresh body stops at 403 before STS. Rate limits are raised so
 the fuzzer reaches the handler rather than the 429 path; the body limit is lowered so "huge" inputs
-stay cheap. `services.mint.minter` is wrapped with a counter that must stay at 0 after every example.
+stay cheap. The minter is injected wrapped with a counter that must stay at 0 after every example.
 
 Hypothesis draws:
 - arbitrary JSON (wrong types, nesting, huge ints, floats, NaN, unicode, lone surrogate escapes,
@@ -52,6 +52,7 @@ from hypothesis import strategies as st
 from api.config import BrokerConfig
 from api.moto_server import MotoServer, bootstrap_dev_aws
 from api.runtime import Services
+from api.sts import BotoStsMinter
 from tests.conftest import ROOT, cli_path
 from tests.support import LiveServer, Wallet, broker_env, sign_in, signed_mint_body
 from tests.support_moto import sts_env
@@ -128,9 +129,9 @@ def live(tmp_path_factory: pytest.TempPathFactory, moto_server: MotoServer) -> I
         BROKER_RATE_LIMIT_FAILED_VERIFIES_PER_HOUR_PER_IP="1000000",
         BROKER_REQUEST_BODY_LIMIT_BYTES=str(BODY_LIMIT),
     )
-    with LiveServer(Services.build(BrokerConfig.from_env(env))) as server:
-        minter = CountingMinter(server.services.mint.minter)
-        server.services.mint.minter = minter
+    config = BrokerConfig.from_env(env)
+    minter = CountingMinter(BotoStsMinter(config.sts))
+    with LiveServer(Services.build(config, minter=minter)) as server:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             master, owner, other = Wallet(), Wallet(), Wallet()
             master_jwt = sign_in(client, master)["session_jwt"]
@@ -611,7 +612,7 @@ def test_wrong_methods_get_json_errors(live: Live) -> None:
         check(live, r, allowed={405})
 
 
-# --- known bugs (reported; the fix belongs in api/mint.py, which this module's author does not own) --
+# --- known bugs (reported; the fix belongs in api/routes/mint.py parse_mint_body) -----------------------
 
 
 RAW_SURROGATE_BODIES = [

@@ -22,8 +22,8 @@ from tests.support import LiveServer, Wallet, broker_env, sign_in
 ISSUER = "https://broker.test.invalid"
 
 
-def make_live(tmp_path: Path, **env: str) -> LiveServer:
-    return LiveServer(Services.build(BrokerConfig.from_env(broker_env(tmp_path, **env))))
+def make_live(tmp_path: Path, *, clock=None, **env: str) -> LiveServer:  # noqa: ANN001
+    return LiveServer(Services.build(BrokerConfig.from_env(broker_env(tmp_path, **env)), clock=clock))
 
 
 @pytest.fixture
@@ -147,14 +147,16 @@ def test_unknown_request_id_is_401(live: LiveServer, client: httpx.Client) -> No
     assert events_of(live, "AuthFailed")[-1]["reason"] == "challenge_unknown"
 
 
-def test_expired_challenge_is_401(live: LiveServer, client: httpx.Client) -> None:
-    w = Wallet()
-    body = start(client, w)
-    later = datetime.now(timezone.utc) + timedelta(seconds=2701)
-    live.services.wallet_auth.clock = lambda: later
-    r = client.post("/v1/auth/wallet/verify", json={"request_id": body["request_id"], "signature": w.sign(body["siwe_message"])})
-    assert r.status_code == 401 and "expired" in r.json()["message"]
-    assert events_of(live, "AuthFailed")[-1]["reason"] == "challenge_expired"
+def test_expired_challenge_is_401(tmp_path: Path) -> None:
+    now = [datetime.now(timezone.utc).timestamp()]
+    with make_live(tmp_path, clock=lambda: now[0]) as live, httpx.Client(base_url=live.url, timeout=30) as client:
+        w = Wallet()
+        body = start(client, w)
+        now[0] += timedelta(seconds=2701).total_seconds()  # the injected clock moves past the challenge's expiry
+        r = client.post("/v1/auth/wallet/verify",
+                        json={"request_id": body["request_id"], "signature": w.sign(body["siwe_message"])})
+        assert r.status_code == 401 and "expired" in r.json()["message"]
+        assert events_of(live, "AuthFailed")[-1]["reason"] == "challenge_expired"
 
 
 @pytest.mark.parametrize(

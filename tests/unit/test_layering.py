@@ -44,8 +44,55 @@ def test_importing_the_ledger_loads_no_outer_package() -> None:
         "import sys, importlib, pkgutil, ledger\n"
         "for m in pkgutil.walk_packages(ledger.__path__, 'ledger.'):\n"
         "    importlib.import_module(m.name)\n"
-        "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('api','workers','projections','anchors','litestar','web3','sqlalchemy','boto3','apscheduler'))\n"
+        "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('api','workers','projections','anchors','litestar','web3','sqlalchemy','boto3','botocore','httpx','apscheduler'))\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"ledger pulled in: {out.stdout.strip()}"
+
+
+# --- the core speaks no HTTP, no chain client, no SQL toolkit, no AWS SDK (issue 8) -------------
+
+FORBIDDEN_IN_LEDGER = {"litestar", "web3", "sqlalchemy", "boto3", "botocore", "httpx"}
+
+
+def test_ledger_imports_no_web_chain_sql_or_aws_library() -> None:
+    offenders = []
+    for path in sorted((ROOT / "ledger").rglob("*.py")):
+        bad = {name.lower() for name in _imports(path)} & FORBIDDEN_IN_LEDGER
+        if bad:
+            offenders.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
+    assert not offenders, "\n".join(offenders)
+
+
+def _raises_api_error(path: Path) -> list[int]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            name = exc.attr if isinstance(exc, ast.Attribute) else getattr(exc, "id", None)
+            if name == "ApiError":
+                lines.append(node.lineno)
+    return lines
+
+
+def test_api_error_is_raised_only_by_routes_and_the_error_table() -> None:
+    """Use cases refuse with `Refusal`; only `api/routes/` (what is purely HTTP) and `api/errors.py`
+    (the table) may raise `ApiError`."""
+    allowed = {ROOT / "api" / "errors.py"}
+    offenders = []
+    for package in ("api", "ledger", "projections", "anchors", "workers"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path in allowed or (ROOT / "api" / "routes") in path.parents:
+                continue
+            for line in _raises_api_error(path):
+                offenders.append(f"{path.relative_to(ROOT)}:{line}")
+    assert not offenders, "raise ApiError outside api/routes/: " + ", ".join(offenders)
+
+
+def test_the_use_cases_live_in_the_core_not_in_api() -> None:
+    for gone in ("api/mint.py", "api/grants.py", "api/auth/wallet.py"):
+        assert not (ROOT / gone).exists(), f"{gone}: use cases belong in ledger/services/"
+    for module in ("signin", "legacy", "grants", "mint", "release"):
+        assert (ROOT / "ledger" / "services" / f"{module}.py").exists()

@@ -8,7 +8,7 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
-from api.auth.signatures import (
+from ledger.signatures import (
     SECP256K1_N,
     Signature,
     SignatureError,

@@ -12,8 +12,8 @@ from eth_account.messages import encode_defunct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.auth.signatures import SignatureError
-from api.auth.siwe import (
+from ledger.signatures import SignatureError
+from ledger.siwe import (
     SIWE_TTL_SECONDS,
     SiweFields,
     SiweMessageError,

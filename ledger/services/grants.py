@@ -1,0 +1,138 @@
+"""Capability grants (seed-spec §B.10, design §2): a master wallet lets a daemon address mint
+credentials for one service under a scope path prefix, until an expiry, at most N times.
+
+create: one atomic append binds the daemon (`WalletBound`, role `daemon`, parent = the master, in
+        the master's OmniAccount) and writes `GrantCreated` with its signed `audit_proof`.
+revoke: `GrantRevoked` on the grant aggregate; not-found / not-owner / already revoked collapse to
+        one refusal (no ownership oracle).
+list:   from the `grants` read model, after it has caught up with the caller's own writes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, Sequence
+
+import msgspec
+
+from ..aggregates import Grant, GrantRefused, WalletBinding, WalletRoleConflict
+from ..app import Ledger
+from ..errors import ConcurrencyConflict
+from ..events import GrantCreated
+from ..identity import normalize_address
+from ..ports import Clock, GrantLookup, GrantProofSigner
+from ..scopes import ScopeError, parse_scope
+from .caller import Caller
+from .refusals import Refusal
+
+MAX_SERVICE_LEN = 64
+MAX_SCOPE_LEN = 512
+MAX_USES_LIMIT = 1_000_000
+MAX_GRANT_SECONDS = 366 * 24 * 3600
+
+
+def grant_content(event: GrantCreated) -> dict[str, Any]:
+    """What `audit_proof` signs: every field but the proof itself, as recorded in `data` (a null
+    optional field is omitted there, so it is not part of the signed content either)."""
+    return {k: v for k, v in event.to_data().items() if k != "audit_proof"}
+
+
+def validate_service(service: str) -> str:
+    if not service or len(service) > MAX_SERVICE_LEN or not all(c.isalnum() or c in "-_." for c in service):
+        raise Refusal("bad_request", "service must be 1-64 characters of [A-Za-z0-9-_.]")
+    return service
+
+
+def normalize_scope(scope_path: str, service: str) -> str:
+    """The canonical form of a scope path, `<bucket>/<prefix>/` (prefix empty or ending in `/`),
+    so that prefix matching is by path segment: a grant for `b/agents/a1` covers `b/agents/a1/x`
+    but never `b/agents/a10/`. Services other than `s3` may leave the scope empty (whole service).
+    Bad scopes (wildcards, `..`, control characters, bad bucket names) are refused (`invalid_scope`)."""
+    if scope_path == "" and service != "s3":
+        return ""
+    if len(scope_path) > MAX_SCOPE_LEN:
+        raise Refusal("bad_request", f"scope_path longer than {MAX_SCOPE_LEN} characters")
+    try:
+        return parse_scope(scope_path, service).scope_path
+    except ScopeError as exc:
+        raise Refusal("invalid_scope", exc.message) from None
+
+
+def scope_covers(granted: str, requested: str) -> bool:
+    """Both normalized. An empty grant scope covers the whole service."""
+    return granted == "" or requested.startswith(granted)
+
+
+class GrantService:
+    def __init__(self, *, ledger: Ledger, grants: GrantLookup, proof_signer: GrantProofSigner,
+                 clock: Clock = time.time) -> None:
+        self.ledger = ledger
+        self.grants = grants
+        self.proof_signer = proof_signer
+        self.clock = clock
+
+    async def create(self, caller: Caller, *, daemon_address: str, service: str, scope_path: str,
+                     expires_at: int, max_uses: int) -> GrantCreated:
+        master = caller.wallet_address
+        if not master or caller.identity_type != "evm":
+            raise Refusal("not_owner", "only a wallet (SIWE) session can grant")
+        try:
+            daemon = normalize_address(daemon_address)
+        except ValueError as exc:
+            raise Refusal("bad_request", f"daemon_address: {exc}") from None
+        if daemon == master:
+            raise Refusal("bad_request", "a wallet cannot grant itself")
+        now = int(self.clock())
+        if expires_at <= now:
+            raise Refusal("bad_request", "expires_at is in the past")
+        if expires_at > now + MAX_GRANT_SECONDS:
+            raise Refusal("bad_request", "expires_at is more than 366 days away")
+        if not 1 <= max_uses <= MAX_USES_LIMIT:
+            raise Refusal("bad_request", f"max_uses must be in [1, {MAX_USES_LIMIT}]")
+        service = validate_service(service)
+        scope_path = normalize_scope(scope_path, service)
+        omni = caller.omni_account
+        grant_id = "grn-" + secrets.token_hex(12)
+        unsigned = GrantCreated(grant_id=grant_id, master_omni_account=omni, master_address=master,
+                                daemon_address=daemon, service=service, scope_path=scope_path, granted_at=now,
+                                expires_at=expires_at, max_uses=max_uses, audit_proof="")
+        event = msgspec.structs.replace(unsigned, audit_proof=self.proof_signer.sign(grant_content(unsigned)))
+        binding_stream = WalletBinding.stream_for(omni, daemon)
+        for _ in range(5):
+            binding = self.ledger.load(WalletBinding, binding_stream)
+            try:
+                bind_events = binding.bind(omni_account=omni, address=daemon, role="daemon", parent_address=master)
+            except WalletRoleConflict as exc:
+                raise Refusal("wallet_role_conflict", str(exc)) from None
+            parts = [(binding_stream, binding.version, bind_events)] if bind_events else []
+            parts.append((Grant.stream_for(grant_id), 0, [event]))
+            try:
+                records = await self.ledger.append_many_async(parts)
+                break
+            except ConcurrencyConflict:
+                continue
+        else:  # pragma: no cover
+            raise Refusal("contended", "grant creation contended; retry")
+        await self.grants.caught_up(records[-1].seq)
+        return event
+
+    async def revoke(self, caller: Caller, grant_id: str) -> None:
+        stream = Grant.stream_for(grant_id)
+        for _ in range(5):
+            grant = self.ledger.load(Grant, stream)
+            try:
+                events = grant.revoke(now_unix=int(self.clock()), by_omni_account=caller.omni_account)
+            except GrantRefused:
+                raise Refusal("grant_not_revocable", "grant not found, not yours, or already revoked") from None
+            try:
+                records = await self.ledger.append_async(stream, grant.version, events)
+                break
+            except ConcurrencyConflict:
+                continue
+        else:  # pragma: no cover
+            raise Refusal("contended", "grant revocation contended; retry")
+        await self.grants.caught_up(records[-1].seq)
+
+    def list(self, caller: Caller) -> Sequence[Any]:
+        return self.grants.of_master(caller.omni_account)

@@ -1,0 +1,103 @@
+"""The one release path (design §3): append the authorization, wait for the gate, and record a
+`*Withheld` when nothing may be released.
+
+Every use case that hands out a credential (session JWTs at sign-in and legacy exchange, AWS
+credentials at mint, OIDC tokens later) goes through `ReleasePath.release`:
+
+1. `append()` writes the authorizing record (`SessionIssued`, `MintAuthorized`, ...) and returns it;
+2. the release gate waits until every anchor the policy requires has confirmed that record, bounded
+   by the deadline, without blocking the event loop;
+3. released: the caller answers with the credential. Otherwise the `*Withheld` record built by
+   `withhold(reason, missing)` is appended on the authorization's stream and `Withheld` is raised:
+   - `anchor_deadline`: the deadline passed, or the gate itself failed (an anchor error);
+   - `request_cancelled`: the request was cut off while waiting (shutdown, client gone); the
+     record is written synchronously because the task is being cancelled, then the
+     cancellation propagates.
+No credential material is ever in a `Withheld`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Sequence
+
+from ..app import Ledger
+from ..chain import ChainRecord as Record
+from ..errors import ConcurrencyConflict
+from ..events import Event
+from ..gate import ReleaseGate
+from .refusals import Refusal
+
+log = logging.getLogger("agentkeys.release")
+
+# (stream, expected version, events) of the `*Withheld` append
+WithheldAppend = tuple[uuid.UUID, int, Sequence[Event]]
+
+
+class Withheld(Refusal):
+    """The authorization was recorded but its required anchors did not confirm it: nothing was
+    released, and a `*Withheld` record says so (reason `anchor_deadline`)."""
+
+    def __init__(self, what: str, missing: Sequence[str]) -> None:
+        item = "credential" if what == "mint" else what
+        super().__init__("anchor_deadline", f"audit anchors {', '.join(missing)} did not confirm the {what} in "
+                         f"time; no {item} was released")
+        self.missing = list(missing)
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    record: Record          # the authorizing record, confirmed by every required anchor
+    anchored: list[str]     # every anchor that had confirmed it when the gate decided
+
+
+class ReleasePath:
+    def __init__(self, *, ledger: Ledger, gate: ReleaseGate) -> None:
+        self.ledger = ledger
+        self.gate = gate
+
+    @property
+    def required(self) -> list[str]:
+        return [a.name for a in self.gate.required]
+
+    async def release(
+        self,
+        *,
+        what: str,
+        append: Callable[[], Awaitable[Record]],
+        withhold: Callable[[Record, str, list[str]], WithheldAppend],
+    ) -> Released:
+        """`what` names the credential in messages ("session", "mint"); `append` writes the
+        authorization; `withhold(record, reason, missing_anchors)` builds the `*Withheld` append."""
+        record = await append()
+        try:
+            result = await self.gate.wait_async(record.seq)
+        except asyncio.CancelledError:
+            self._append_withheld_now(withhold(record, "request_cancelled", []))
+            raise
+        except Exception:
+            log.exception("release gate failed for seq %s; withholding", record.seq)
+            missing = self.required
+            await self._append_withheld(withhold(record, "anchor_deadline", missing))
+            raise Withheld(what, missing) from None
+        if not result.released:
+            await self._append_withheld(withhold(record, "anchor_deadline", result.missing))
+            raise Withheld(what, result.missing)
+        return Released(record=record, anchored=result.anchored)
+
+    async def _append_withheld(self, append: WithheldAppend) -> None:
+        stream, version, events = append
+        try:
+            await self.ledger.append_async(stream, version, list(events))
+        except ConcurrencyConflict:  # pragma: no cover - the authorization's stream is ours alone here
+            log.error("could not record the withheld outcome on %s: the stream moved", stream)
+
+    def _append_withheld_now(self, append: WithheldAppend) -> None:
+        stream, version, events = append
+        try:
+            self.ledger.append(stream, version, list(events))
+        except ConcurrencyConflict:  # pragma: no cover
+            log.error("could not record the cancelled outcome on %s: the stream moved", stream)
