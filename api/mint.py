@@ -41,7 +41,7 @@ from ledger.errors import ConcurrencyConflict
 from ledger.events import GrantCreated, MintAuthorized, MintDenied, MintRequested, MintWithheld
 from ledger.canonical import canonical_bytes
 from ledger.gate import ReleaseGate
-from ledger.identity import evm_omni_account
+from ledger.identity import evm_omni_account, normalize_address
 from ledger.ports import AssumeRoleRequest, CredentialMinter, StsError
 from projections.grants import grants_for_daemon
 from projections.runner import ProjectionRunner
@@ -149,6 +149,10 @@ class MintService:
             await self._deny(ctx, "stale_request", f"issued_at is {int(skew)} s from the broker's clock")
             raise ApiError("bad_request", f"bad request: issued_at is more than {self.max_skew_s} s from now",
                            reason="stale_request")
+        if body.aud is not None and body.aud != self.issuer.rstrip("/"):
+            await self._deny(ctx, "audience_mismatch", "the signed aud is not this broker's issuer")
+            raise ApiError("bad_request", f"bad request: aud must be this broker's issuer {self.issuer.rstrip('/')}",
+                           reason="audience_mismatch")
 
         self._refuse_if_anchors_unready()
         return await self._release(ctx, digest, audit_id=f"aud_{int(issued.timestamp())}_{digest[:16]}")
@@ -245,6 +249,10 @@ class MintService:
             raise ApiError("bad_request", "bad request: intent.agent_id must be 1-128 characters")
         if not body.intent.service or len(body.intent.service) > 64:
             raise ApiError("bad_request", "bad request: intent.service must be 1-64 characters")
+        try:
+            normalize_address(body.auth.address)  # 0x + 40 hex; mixed case must carry a valid EIP-55 checksum
+        except ValueError as exc:
+            raise ApiError("bad_request", f"bad request: auth.address: {exc}") from None
         return msgspec.structs.replace(body, intent=msgspec.structs.replace(
             body.intent, scope_path=normalize_scope(body.intent.scope_path, body.intent.service)))
 

@@ -232,6 +232,7 @@ MintDenialReason = Literal[
     "rate_limited",
     "sts_error",
     "bad_request",
+    "audience_mismatch",
 ]
 
 
