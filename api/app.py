@@ -20,6 +20,7 @@ from .http_hygiene import BodyTimeoutMiddleware, no_store
 from .readiness import evaluate
 from .routes.audit import audit_record
 from .routes.auth_exchange import auth_exchange
+from .routes.auth_session import session_revoke_route
 from .routes.auth_wallet import wallet_start, wallet_verify
 from .routes.grants import grant_create, grant_list, grant_revoke
 from .routes.mint import mint_aws_creds
@@ -84,7 +85,7 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
 
     return Litestar(
         route_handlers=[healthz, readyz, audit_head, wallet_start, wallet_verify, grant_create, grant_revoke,
-                        grant_list, mint_aws_creds, auth_exchange, audit_record],
+                        grant_list, mint_aws_creds, auth_exchange, audit_record, session_revoke_route],
         request_max_body_size=services.config.body_limit_bytes,
         middleware=[DefineMiddleware(BodyTimeoutMiddleware, timeout_s=services.config.body_timeout_s)],
         before_send=[no_store],

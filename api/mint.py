@@ -113,7 +113,7 @@ class MintService:
     # --- steps ------------------------------------------------------------------------------
 
     async def mint(self, token: str, raw: bytes) -> MintResult:
-        claims = verify_session(token, self.session_keys, self.issuer)
+        claims = verify_session(token, self.session_keys, self.issuer, self.projections)
         body = self._parse(raw)
         wallet = claims.agentkeys.wallet_address
         ctx = _Ctx(omni_account=claims.omni_account, identity_type=claims.agentkeys.identity_type,

@@ -189,6 +189,7 @@ class Services:
         if self._started:
             return
         self.pump.start()
+        self.projections.catch_up("sessions")  # revocations are enforced from the first request on
         self.projections.start()
         self.scheduler = self._build_scheduler()
         if self.scheduler is not None:

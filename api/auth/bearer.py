@@ -1,8 +1,17 @@
-"""Bearer extraction and session verification for authenticated routes (seed-spec §B.0)."""
+"""Bearer extraction and session verification for authenticated routes (seed-spec §B.0).
+
+`verify_session` is the one session check: a valid signature and claims (api/auth/session_jwt.py),
+and not revoked (`POST /v1/auth/session/revoke`, the `sessions` read model). Every route that takes
+a session calls it with the projections holding that read model, so no route can forget revocations.
+"""
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
+
+from sqlalchemy.engine import Engine
+
+from projections.sessions import session_revoked
 
 from ..errors import ApiError
 from .session_jwt import SessionClaims, SessionTokenError, verify_session_token
@@ -18,8 +27,16 @@ def bearer_token(headers: Mapping[str, str]) -> str:
     return value[len(PREFIX):].strip()
 
 
-def verify_session(token: str, keyring, issuer: str) -> SessionClaims:  # noqa: ANN001
+def verify_session(token: str, keyring, issuer: str, sessions: Any) -> SessionClaims:  # noqa: ANN001
+    """The session's claims, or 401: a bad token (its typed reason) or a revoked session
+    (`session_revoked`). `sessions`: the `ProjectionRunner` (or its engine) with the `sessions`
+    read model."""
     try:
-        return verify_session_token(token, keyring, issuer)
+        claims = verify_session_token(token, keyring, issuer)
     except SessionTokenError as exc:
         raise ApiError("unauthorized", f"unauthorized: {exc}", reason=exc.reason) from None
+    engine: Engine = getattr(sessions, "engine", sessions)
+    if session_revoked(engine, claims.jti):
+        raise ApiError("unauthorized", "unauthorized: session jwt: session_revoked: this session was revoked; sign in again",
+                       reason="session_revoked")
+    return claims

@@ -29,7 +29,8 @@ _ERRORS = {
 
 def _claims(request: Request, state: State):  # noqa: ANN202
     services = state.services
-    return verify_session(bearer_token(request.headers), services.session_keys, services.config.issuer)
+    return verify_session(bearer_token(request.headers), services.session_keys, services.config.issuer,
+                          services.projections)
 
 
 @post("/v1/grant/create", status_code=200, tags=["grants"], summary="Grant a daemon wallet a service and scope",
