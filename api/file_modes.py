@@ -47,7 +47,7 @@ def tighten(path: Path, mode: int) -> bool:
 
 def state_files(config: Any) -> Iterable[Path]:
     """Every file of the broker's state that may exist (SQLite files with their sidecars) and every
-    directory and file under the data directory."""
+    entry directly in the data directory."""
     dbs = [config.ledger_db, config.anchor_db, config.projections_db]
     evm = getattr(config, "evm", None)
     if evm is not None and getattr(evm, "state_path", None) is not None:
@@ -56,12 +56,10 @@ def state_files(config: Any) -> Iterable[Path]:
         for suffix in _SQLITE_SIDECARS:
             yield Path(str(db) + suffix)
     data_dir = Path(config.data_dir)
-    # everything else the broker keeps in its data directory (keys, leases, spill, dev's files)
-    for root, dirs, files in os.walk(data_dir):  # never follows symlinked directories
-        for name in dirs:
-            yield Path(root, name)
-        for name in files:
-            yield Path(root, name)
+    # everything else the broker keeps directly in its data directory (keys, leases, spill, dev's
+    # files); one level only: a data directory pointed at a shared tree is not walked
+    if data_dir.is_dir():
+        yield from sorted(data_dir.iterdir())
 
 
 def secure_state(config: Any) -> list[str]:
