@@ -68,6 +68,7 @@ from typing import Any, Callable, Mapping, Sequence
 from eth_account.signers.local import LocalAccount
 
 from ledger.chain import ChainRecord
+from ledger.identity import normalize_address
 from ledger.ports import Readiness
 
 from . import chain_tools, merkle
@@ -227,7 +228,7 @@ class EvmAnchorConfig:
             raise EvmConfigError("BROKER_EVM_RPC_URL", url, "must be an http:// or https:// URL", anchors["BROKER_EVM_RPC_URL"])
         address = required("BROKER_EVM_CONTRACT_ADDRESS")
         if not _is_address(address):
-            raise EvmConfigError("BROKER_EVM_CONTRACT_ADDRESS", address, "must be 0x followed by 40 hex digits",
+            raise EvmConfigError("BROKER_EVM_CONTRACT_ADDRESS", address, "must be 0x followed by 40 hex digits (mixed case: a valid EIP-55 checksum)",
                                  anchors["BROKER_EVM_CONTRACT_ADDRESS"])
         state = env.get("BROKER_EVM_STATE_DB") or (str(default_state_path) if default_state_path else None)
         if not state:
@@ -260,7 +261,7 @@ def _is_address(v: Any) -> bool:
     if not isinstance(v, str) or len(v) != 42 or not v.startswith(("0x", "0X")):
         return False
     try:
-        int(v[2:], 16)
+        normalize_address(v)  # hex, and a valid EIP-55 checksum when mixed-case
     except ValueError:
         return False
     return True
@@ -531,6 +532,11 @@ class EvmAnchor:
     def batches(self) -> list[dict[str, Any]]:
         """Every batch this anchor cut or adopted, in seq order (see `BatchRow.public`)."""
         return [b.public() for b in self._store.batches()]
+
+    def batch_containing(self, seq: int) -> dict[str, Any] | None:
+        """The batch holding `seq` (see `BatchRow.public`), any status, or None; an indexed lookup."""
+        row = self._store.batch_containing(seq)
+        return row.public() if row is not None else None
 
     def transactions(self) -> list[dict[str, Any]]:
         """Every transaction signed for a batch (write-ahead log), without the raw bytes."""

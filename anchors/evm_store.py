@@ -285,6 +285,17 @@ class EvmStore:
 
         return self._run(op)
 
+    def batch_containing(self, seq: int) -> BatchRow | None:
+        """The batch whose range holds `seq`, any status, or None: one indexed lookup (the UNIQUE
+        index on `first_seq`), never a scan of every batch."""
+        if not 1 <= seq < 2**63:
+            return None
+        row = self._run(lambda c: c.execute(
+            f"SELECT {_BATCH_COLS} FROM evm_batches WHERE first_seq <= ? ORDER BY first_seq DESC LIMIT 1", (seq,)
+        ).fetchone())
+        found = BatchRow(*row) if row else None
+        return found if found is not None and found.last_seq >= seq else None
+
     def batch(self, batch_id: int) -> BatchRow | None:
         row = self._run(lambda c: c.execute(f"SELECT {_BATCH_COLS} FROM evm_batches WHERE id = ?", (batch_id,)).fetchone())
         return BatchRow(*row) if row else None

@@ -10,13 +10,17 @@ from typing import AsyncIterator
 
 from litestar import Litestar, MediaType, Response, get
 from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components  # noqa: F401  (kept for later security schemes)
 
+from . import log_redaction
 from .errors import EXCEPTION_HANDLERS
+from .http_hygiene import BodyTimeoutMiddleware, no_store
 from .readiness import evaluate
 from .routes.audit import audit_record
 from .routes.auth_exchange import auth_exchange
+from .routes.auth_session import session_revoke_route
 from .routes.auth_wallet import wallet_start, wallet_verify
 from .routes.grants import grant_create, grant_list, grant_revoke
 from .routes.mint import mint_aws_creds
@@ -66,6 +70,7 @@ RECURSION_LIMIT = 1000
 
 def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar:
     sys.setrecursionlimit(RECURSION_LIMIT)
+    log_redaction.install()  # no secret in any log line (idempotent; the CLI installs it first)
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if manage_lifecycle:
@@ -81,8 +86,10 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
 
     return Litestar(
         route_handlers=[healthz, readyz, audit_head, wallet_start, wallet_verify, grant_create, grant_revoke,
-                        grant_list, mint_aws_creds, auth_exchange, audit_record],
+                        grant_list, mint_aws_creds, auth_exchange, audit_record, session_revoke_route],
         request_max_body_size=services.config.body_limit_bytes,
+        middleware=[DefineMiddleware(BodyTimeoutMiddleware, timeout_s=services.config.body_timeout_s)],
+        before_send=[no_store],
         state=State({"services": services}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],

@@ -38,7 +38,9 @@ def operator_token_matches(presented: str, expected: str | None) -> bool:
 def bundle_for(services: Any, seq: int, *, omni: str | None, operator: bool) -> dict[str, Any]:
     """The bundle, or 404 when the record does not exist, is not the caller's, or its EVM batch is
     not confirmed yet."""
-    records = services.ledger.read(seq - 1, 1) if seq >= 1 else []
+    # out of range (0, negative, >= 2^63 that SQLite cannot bind, beyond the head): 404 before any lookup
+    in_range = 1 <= seq <= services.ledger.head().seq
+    records = services.ledger.read(seq - 1, 1) if in_range else []
     if not records or records[0].seq != seq:
         raise Refusal("not_found", f"no record {seq} visible to this caller")
     record = records[0]
@@ -48,9 +50,8 @@ def bundle_for(services: Any, seq: int, *, omni: str | None, operator: bool) -> 
     evm = services.anchor("evm")
     if evm is None:
         return proofs.build_bundle(record, sqlite=sqlite_section)
-    batch = next((b for b in evm.batches() if b["status"] == "confirmed" and b["first_seq"] <= seq <= b["last_seq"]),
-                 None)
-    if batch is None:
+    batch = evm.batch_containing(seq)
+    if batch is None or batch["status"] != "confirmed":
         raise Refusal("not_found", f"record {seq} is not in a confirmed EVM batch yet; retry later")
     first, last = batch["first_seq"], batch["last_seq"]
     members = services.ledger.read(first - 1, last - first + 1)

@@ -42,6 +42,9 @@ def register(subparsers: Any) -> None:
 
 
 def _configure_logging() -> None:
+    from .log_redaction import install
+
+    install()
     logging.basicConfig(level=os.environ.get("BROKER_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
@@ -68,6 +71,9 @@ def _boot(env: dict[str, str]):  # noqa: ANN202
         raise CommandError(str(exc), code=1) from None
     except Exception as exc:  # a store that cannot be opened is a boot failure, not a traceback
         raise CommandError(f"BOOT_FAIL: startup failed: {type(exc).__name__}: {exc}", code=1) from None
+    from .file_modes import secure_state
+
+    secure_state(config)  # data directory 0700, the broker's files 0600 (also those of older versions)
     return config, services
 
 
@@ -130,7 +136,7 @@ def _dev(args: argparse.Namespace) -> int:
     _configure_logging()
     state_dir: Path = args.state_dir.expanduser().resolve()
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         raise CommandError(f"cannot create state directory {state_dir}: {exc.strerror}") from None
     env = dict(os.environ)

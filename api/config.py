@@ -78,6 +78,9 @@ SETTINGS: tuple[Setting, ...] = (
             "believed (client IP for rate limits). Empty: the socket peer is the client.", "trusted-proxies", "limits"),
     Setting("BROKER_REQUEST_BODY_LIMIT_BYTES", "1048576", "Largest request body, bytes, [1024, 16777216]; larger "
             "bodies get 413.", "request-body-limit", "limits"),
+    Setting("BROKER_REQUEST_BODY_TIMEOUT_SECONDS", "10", "Longest time a client may take to send a request body, "
+            "seconds from the request's start, [1, 300]; a slower body gets 408 `request_timeout` and its "
+            "connection is closed.", "request-body-timeout", "limits"),
     Setting("BROKER_SHUTDOWN_GRACE_SECONDS", "30", "On SIGTERM, how long in-flight requests may finish, [0, 3600].",
             "graceful-shutdown"),
     Setting("BROKER_AUDIT_POLICY", "dual_strict", "Which anchors must confirm a release before the response: "
@@ -300,6 +303,7 @@ class BrokerConfig:
     failed_verifies_per_hour_per_ip: int = 30
     trusted_proxies: tuple[Any, ...] = ()
     body_limit_bytes: int = 1048576
+    body_timeout_s: int = 10
     shutdown_grace_s: int = 30
     audit_policy: str = "dual_strict"
     anchor_deadline_ms: int = 10000
@@ -377,6 +381,7 @@ class BrokerConfig:
             failed_verifies_per_hour_per_ip=_int(env, "BROKER_RATE_LIMIT_FAILED_VERIFIES_PER_HOUR_PER_IP", 1, 1_000_000),
             trusted_proxies=_proxies(env),
             body_limit_bytes=_int(env, "BROKER_REQUEST_BODY_LIMIT_BYTES", 1024, 16 * 1024 * 1024),
+            body_timeout_s=_int(env, "BROKER_REQUEST_BODY_TIMEOUT_SECONDS", 1, 300),
             shutdown_grace_s=_int(env, "BROKER_SHUTDOWN_GRACE_SECONDS", 0, 3600),
             audit_policy=policy,
             anchor_deadline_ms=_int(env, "BROKER_ANCHOR_DEADLINE_MS", 100, 120_000),

@@ -26,6 +26,7 @@ KIND_STATUS = {
     "forbidden": 403,
     "not_found": 404,
     "method_not_allowed": 405,
+    "request_timeout": 408,
     "conflict": 409,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
@@ -38,7 +39,7 @@ KIND_STATUS = {
 }
 
 _STATUS_KIND = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+                405: "method_not_allowed", 408: "request_timeout", 409: "conflict", 413: "payload_too_large",
                 415: "unsupported_media_type", 429: "rate_limited"}
 
 
@@ -52,6 +53,7 @@ REFUSALS: dict[str, tuple[str, bool]] = {
     "invalid_scope": ("bad_request", True),
     "chain_id_not_allowed": ("bad_request", True),
     "stale_request": ("bad_request", True),
+    "audience_mismatch": ("bad_request", True),
     "signature_not_hex": ("bad_request", True),
     "signature_length": ("bad_request", True),
     "signature_v": ("bad_request", True),
@@ -75,6 +77,7 @@ REFUSALS: dict[str, tuple[str, bool]] = {
     "wrong_audience": ("unauthorized", True),
     "wrong_issuer": ("unauthorized", True),
     "claims_invalid": ("unauthorized", True),
+    "session_revoked": ("unauthorized", True),
     # 403: who may do this, to whose resources
     "not_owner": ("forbidden", True),
     "no_grant": ("forbidden", True),
@@ -97,7 +100,7 @@ REFUSALS: dict[str, tuple[str, bool]] = {
     "backend_unreachable": ("backend_unreachable", True),
     "anchor_unready": ("anchor_unavailable", True),
     "anchor_deadline": ("anchor_unavailable", True),
-    "contended": ("unavailable", False),
+    "contended": ("unavailable", True),
 }
 
 # The message of a refusal is prefixed with its kind where the seed's messages are.

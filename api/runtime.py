@@ -202,7 +202,7 @@ class Services:
                 anchor_ready=anchor_ready or cached_anchor_readiness(opened),
                 grants_required=config.grants_required, max_skew_s=config.mint_max_skew_s,
                 duration_s=config.sts.duration_seconds,
-                mint_limiter=RateLimiter(config.mints_per_hour_per_omni, HOUR), clock=now,
+                mint_limiter=RateLimiter(config.mints_per_hour_per_omni, HOUR), audience=config.issuer, clock=now,
             )
             services = cls(
                 minter=minter, grants=grants, mint=mint, release=release,
@@ -251,6 +251,7 @@ class Services:
         if self._started:
             return
         self.pump.start()
+        self.projections.catch_up("sessions")  # revocations are enforced from the first request on
         self.projections.start()
         self.scheduler = self._build_scheduler()
         if self.scheduler is not None:

@@ -133,12 +133,15 @@ class MintAuthSchema(msgspec.Struct):
 
 class MintRequestSchema(msgspec.Struct):
     """The v2 mint body. `auth.signature` is the EIP-191 signature, by the session's wallet, of
-    the canonical JSON of this body without `auth.signature` (keys sorted recursively, compact)."""
+    the canonical JSON of this body without `auth.signature` (keys sorted recursively, compact).
+    An optional top-level `aud` binds the signed request to one broker: when present it must equal
+    the broker's issuer URL without a trailing `/` (else 400 `audience_mismatch`)."""
 
     request_id: str
     issued_at: str
     intent: MintIntentSchema
     auth: MintAuthSchema
+    aud: str | None = None  # optional, signed like the rest: must be this broker's issuer (BROKER_OIDC_ISSUER)
 
 
 class MintResponse(msgspec.Struct):

@@ -179,6 +179,17 @@ class SessionWithheld(Event, frozen=True, kw_only=True):
     missing_anchors: list[str]
 
 
+class SessionRevoked(Event, frozen=True, kw_only=True):
+    """Sessions of `omni_account` were revoked by one of its own sessions: the one named by `jti`,
+    or (`jti` null) every session issued before `not_before` (Unix seconds), i.e. every
+    `SessionIssued` of the account earlier in the ledger than this record. Every session check
+    refuses a revoked session from then on (a read model, so it survives restarts)."""
+
+    omni_account: str
+    jti: str | None
+    not_before: int | None
+
+
 class SigningKeyRotated(Event, frozen=True, kw_only=True):
     """A signing key came into use. `public_jwk` lets anyone verify the broker's signatures (session
     JWTs, grant `audit_proof`s, OIDC tokens) from a ledger export alone. Private material never
@@ -246,6 +257,7 @@ MintDenialReason = Literal[
     "sts_error",
     "bad_request",
     "anchor_unready",  # a required anchor was unready: refused before any work (design §8)
+    "audience_mismatch",
 ]
 
 

@@ -9,11 +9,13 @@ from typing import Callable
 from .base import Projection
 from .errors import UnknownProjection
 from .grants import GrantsProjection
+from .sessions import SessionsProjection
 from .wallets import WalletsProjection
 
 FACTORIES: dict[str, Callable[[], Projection]] = {
     WalletsProjection.name: WalletsProjection,
     GrantsProjection.name: GrantsProjection,
+    SessionsProjection.name: SessionsProjection,
 }
 
 

@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from api.file_modes import set_private_umask
+    from api.log_redaction import install as install_log_redaction
+
+    install_log_redaction()  # before anything logs: no secret in any log line, at any level
+    set_private_umask()  # every file the broker (and dev's children) creates: 0600, directories 0700
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)

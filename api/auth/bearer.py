@@ -1,11 +1,19 @@
 """Bearer extraction and session verification for authenticated routes (seed-spec §B.0).
 
-Refusals are `Refusal`s (mapped to 401 by `api/errors.py`): `unauthenticated` without a bearer,
-the `SessionTokenReason` of a refused session JWT otherwise."""
+`verify_session` is the one session check: a valid signature and claims (api/auth/session_jwt.py),
+and not revoked (`POST /v1/auth/session/revoke`, the `sessions` read model). Every route that takes
+a session calls it with the projections holding that read model, so no route can forget revocations.
+Refusals are `Refusal`s (mapped to 401 by `api/errors.py`): `unauthenticated` without a bearer, the
+`SessionTokenReason` of a refused session JWT, or `session_revoked`.
+"""
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
+
+from sqlalchemy.engine import Engine
+
+from projections.sessions import session_revoked
 
 from ledger.services.caller import Caller
 from ledger.services.refusals import Refusal
@@ -23,11 +31,18 @@ def bearer_token(headers: Mapping[str, str]) -> str:
     return value[len(PREFIX):].strip()
 
 
-def verify_session(token: str, keyring, issuer: str) -> SessionClaims:  # noqa: ANN001
+def verify_session(token: str, keyring, issuer: str, sessions: Any) -> SessionClaims:  # noqa: ANN001
+    """The session's claims, or 401: a bad token (its typed reason) or a revoked session
+    (`session_revoked`). `sessions`: the `ProjectionRunner` (or its engine) with the `sessions`
+    read model."""
     try:
-        return verify_session_token(token, keyring, issuer)
+        claims = verify_session_token(token, keyring, issuer)
     except SessionTokenError as exc:
         raise Refusal(exc.reason, str(exc)) from None
+    engine: Engine = getattr(sessions, "engine", sessions)
+    if session_revoked(engine, claims.jti):
+        raise Refusal("session_revoked", "session jwt: session_revoked: this session was revoked; sign in again")
+    return claims
 
 
 def caller_of(claims: SessionClaims) -> Caller:

@@ -30,5 +30,6 @@ def audit_record(seq: Annotated[int, Parameter(description="the record's seq")],
     services = state.services
     token = bearer_token(request.headers)
     operator = operator_token_matches(token, services.config.operator_token)
-    omni = None if operator else verify_session(token, services.session_keys, services.config.issuer).omni_account
+    omni = None if operator else verify_session(token, services.session_keys, services.config.issuer,
+                                                 services.projections).omni_account
     return bundle_for(services, seq, omni=omni, operator=operator)

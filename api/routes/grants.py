@@ -31,7 +31,8 @@ _ERRORS = {
 
 def _claims(request: Request, state: State) -> Caller:
     services = state.services
-    return caller_of(verify_session(bearer_token(request.headers), services.session_keys, services.config.issuer))
+    return caller_of(verify_session(bearer_token(request.headers), services.session_keys, services.config.issuer,
+                                   services.projections))
 
 
 @post("/v1/grant/create", status_code=200, tags=["grants"], summary="Grant a daemon wallet a service and scope",

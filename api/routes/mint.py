@@ -15,6 +15,7 @@ from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 from .openapi_hooks import RetryAfterOperation
 
+from ledger.identity import normalize_address
 from ledger.services.mint import MintIntent, MintResult
 
 from ..auth.bearer import bearer_token, caller_of, verify_session
@@ -52,9 +53,13 @@ def parse_mint_body(raw: bytes) -> tuple[MintIntent, bytes]:
         canonical = canonical_signing_input(raw)  # built from a generic parse: it must succeed too
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError, RecursionError) as exc:
         raise ApiError("bad_request", f"bad request: malformed v2 body: {str(exc)[:200]}") from None
+    try:
+        normalize_address(body.auth.address)  # 0x + 40 hex; mixed case must carry a valid EIP-55 checksum
+    except ValueError as exc:
+        raise ApiError("bad_request", f"bad request: auth.address: {exc}") from None
     intent = MintIntent(request_id=body.request_id, issued_at=body.issued_at, agent_id=body.intent.agent_id,
                         service=body.intent.service, scope_path=body.intent.scope_path, address=body.auth.address,
-                        signature=body.auth.signature)
+                        signature=body.auth.signature, aud=body.aud)
     return intent, canonical
 
 
@@ -103,6 +108,6 @@ async def mint_aws_creds(request: Request, state: State) -> MintResponse:
     raw = await request.body()
     if services.legacy is not None and not looks_like_session_jwt(token):
         return _response(await services.legacy.mint(token))  # seed §B.3: the body is ignored on this path
-    claims = verify_session(token, services.session_keys, services.config.issuer)
+    claims = verify_session(token, services.session_keys, services.config.issuer, services.projections)
     intent, canonical = parse_mint_body(raw)
     return _response(await services.mint.mint(caller_of(claims), intent, canonical))

@@ -69,6 +69,7 @@ class MintIntent:
     scope_path: str
     address: str
     signature: str
+    aud: str | None = None  # optional, signed: must be this broker's issuer when present
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,7 @@ class MintService:
         max_skew_s: int,
         duration_s: int,
         mint_limiter: RateLimit,
+        audience: str | None = None,
         clock: Clock = time.time,
     ) -> None:
         self.ledger = ledger
@@ -153,6 +155,7 @@ class MintService:
         self.max_skew_s = max_skew_s
         self.duration_s = duration_s
         self.mint_limiter = mint_limiter
+        self.audience = audience.rstrip("/") if audience else None
         self.clock = clock
 
     # --- the two entry points -----------------------------------------------------------------
@@ -180,6 +183,8 @@ class MintService:
             skew = abs(self.clock() - issued.timestamp())
             if skew > self.max_skew_s:
                 raise Refusal("stale_request", f"issued_at is more than {self.max_skew_s} s from now")
+            if intent.aud is not None and intent.aud != self.audience:
+                raise Refusal("audience_mismatch", f"aud must be this broker's issuer {self.audience}")
             await self._check_anchors_ready()
             return await self._admit_and_release(ctx, digest, audit_id=f"aud_{int(issued.timestamp())}_{digest[:16]}")
 
@@ -212,7 +217,7 @@ class MintService:
             raise Refusal("bad_request", "intent.service must be 1-64 characters")
         return MintIntent(request_id=intent.request_id, issued_at=intent.issued_at, agent_id=intent.agent_id,
                           service=intent.service, scope_path=normalize_scope(intent.scope_path, intent.service),
-                          address=intent.address, signature=intent.signature)
+                          address=intent.address, signature=intent.signature, aud=intent.aud)
 
     @asynccontextmanager
     async def _recorded(self, ctx: _Ctx) -> AsyncIterator[None]:

@@ -72,6 +72,12 @@ def test_dev_writes_dev_json_serves_and_stops_on_signal(tmp_path: Path, sig: sig
             raise AssertionError("dev left anvil running")
         _, err = proc.communicate()
         assert "Traceback" not in err
+        # issue 11: the state directory 0700, every file dev and its children wrote 0600 (dev.json, keys,
+        # ledger, anchors, projections, EVM state, fee-payer keystore and password, anvil state, moto log)
+        from tests.integration.test_file_modes import loose_modes
+
+        assert {"dev.json", "ledger.sqlite", "session-keypair.json", "evm-anchor.sqlite"} <= {p.name for p in state.iterdir()}
+        assert loose_modes(state) == []
     finally:
         if proc.poll() is None:
             proc.kill()
