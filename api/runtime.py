@@ -304,7 +304,9 @@ class Services:
         return Readiness("ready", f"{purpose} key {keyring.active.kid}")
 
     def _projections_ready(self) -> Readiness:
-        lag = self.projections.lag()
+        status = self.projections.status()
+        lag = max((s.lag for s in status), default=0)
+        each = ", ".join(f"{s.name} {s.lag}" for s in status)
         if lag > PROJECTION_LAG_DEGRADED:
-            return Readiness("degraded", f"projections are {lag} events behind the ledger head")
-        return Readiness("ready", f"projections lag {lag}")
+            return Readiness("degraded", f"projections are up to {lag} events behind the ledger head ({each})")
+        return Readiness("ready", f"projections lag {lag} ({each})")

@@ -91,3 +91,16 @@ class CredentialMinter(Protocol):
     def assume_role(self, request: AssumeRoleRequest) -> IssuedCredentials: ...
 
     def check_identity(self) -> str: ...
+
+
+KILL_SWITCH_POLICY_NAME = "agentkeys-kill-switch"
+
+
+@runtime_checkable
+class RoleKillSwitch(Protocol):
+    """Denies every session of an IAM role issued before a time (design §3 "Quarantine"): the
+    inline role policy `agentkeys-kill-switch` with `aws:TokenIssueTime`, overwritten with the
+    newer time. Implemented over boto3 IAM in api/iam.py. Raises `StsError` when IAM refuses or
+    cannot be reached (nothing was changed then)."""
+
+    def revoke_sessions_before(self, role_arn: str, not_before: str) -> None: ...

@@ -9,11 +9,15 @@ from typing import Callable
 from .base import Projection
 from .errors import UnknownProjection
 from .grants import GrantsProjection
+from .mints import MintsProjection
+from .quarantine import QuarantineProjection
 from .wallets import WalletsProjection
 
 FACTORIES: dict[str, Callable[[], Projection]] = {
     WalletsProjection.name: WalletsProjection,
     GrantsProjection.name: GrantsProjection,
+    MintsProjection.name: MintsProjection,
+    QuarantineProjection.name: QuarantineProjection,
 }
 
 
