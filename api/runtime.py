@@ -103,6 +103,7 @@ class Services:
     mint: MintService
     legacy: LegacyService | None = None
     scheduler: Any = None
+    operator: Any = None  # api.operator.OperatorSurface
     _started: bool = field(default=False, repr=False)
     _sts_probe: tuple[float, Readiness] | None = field(default=None, repr=False)
 
@@ -131,7 +132,8 @@ class Services:
             pump = AnchorPump(ledger, anchors)
             runner = ProjectionRunner(ledger, make_engine(config.projections_db), all_projections())
             gate = ReleaseGate(anchors, config.required_anchors, config.anchor_deadline_ms, waiter=pump.waiter)
-            signer = SessionSigner(session_keys, config.issuer, config.session_jwt_ttl_s)
+            signer = SessionSigner(session_keys, config.issuer, config.session_jwt_ttl_s,
+                                   operator_wallets=config.operator_wallets)
             wallet_auth = WalletAuth(ledger=ledger, signer=signer, gate=gate, domain=config.siwe_domain,
                                      uri=config.issuer, chain_ids=config.siwe_chain_ids)
             minter = BotoStsMinter(config.sts)
@@ -153,6 +155,9 @@ class Services:
                 services.legacy = LegacyService(
                     backend=LegacyBackend(config.backend_url, config.backend_timeout_s), ledger=ledger, signer=signer,
                     gate=gate, mint_service=mint)
+            from .operator import OperatorSurface
+
+            services.operator = OperatorSurface.build(services)
             services.record_signing_keys()
             services.record_anchor_contracts()
         except BaseException:
@@ -212,7 +217,8 @@ class Services:
         job = Job("quarantine-detect", 15.0, lambda: quarantine.run(
             ledger=self.ledger, async_anchors=async_anchors, deadline_s=self.config.evm_confirm_deadline_s,
             now=time.time))
-        return build_scheduler([job], Leases(self.config.data_dir / "leases.sqlite"))
+        reanchor = Job("quarantine-reanchor", 5.0, self.operator.close_reanchored)
+        return build_scheduler([job, reanchor], Leases(self.config.data_dir / "leases.sqlite"))
 
     def stop(self) -> None:
         try:
