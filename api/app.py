@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components  # noqa: F401  (kept for later security schemes)
 
 from .errors import EXCEPTION_HANDLERS
+from .logs import request_id_middleware
 from .readiness import evaluate
 from .routes.audit import audit_record
 from .routes.auth_exchange import auth_exchange
@@ -21,6 +22,7 @@ from .routes.auth_wallet import wallet_start, wallet_verify
 from .routes.grants import grant_create, grant_list, grant_revoke
 from .routes.mint import mint_aws_creds
 from .routes.operator import ROUTES as OPERATOR_ROUTES
+from .routes.operator_page import ROUTES as OPERATOR_PAGE_ROUTES
 from .runtime import Services
 from .schemas import AnchorPosition, AuditHead, ErrorBody, ReadinessBody
 
@@ -79,9 +81,10 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
             if manage_lifecycle:
                 services.stop()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[healthz, readyz, audit_head, wallet_start, wallet_verify, grant_create, grant_revoke,
-                        grant_list, mint_aws_creds, auth_exchange, audit_record, *OPERATOR_ROUTES],
+                        grant_list, mint_aws_creds, auth_exchange, audit_record, *OPERATOR_ROUTES,
+                        *OPERATOR_PAGE_ROUTES],
         request_max_body_size=services.config.body_limit_bytes,
         state=State({"services": services}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
@@ -95,4 +98,8 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
         ),
         signature_namespace={"ErrorBody": ErrorBody},
         debug=False,
+        logging_config=None,  # the entry point configures logging once (api/logs.py); Litestar must not
     )
+    # outermost, so that every response (404s of unknown paths too) gets its request id and access line
+    app.asgi_handler = request_id_middleware(app.asgi_handler)
+    return app
