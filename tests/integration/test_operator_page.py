@@ -55,7 +55,7 @@ def _login(client: httpx.Client, **fields: str) -> httpx.Response:
     return client.post("/operator/login", data={"csrf": csrf, **fields})
 
 
-def test_page_login_cookie_and_csrf(tmp_path: Path, dev_aws) -> None:
+def test_forged_page_posts_without_csrf_are_refused_and_the_cookie_is_strict(tmp_path: Path, dev_aws) -> None:
     operator = Wallet()
     with _server(tmp_path, dev_aws, BROKER_OPERATOR_WALLETS=operator.address) as server:
         case_id = quarantined_case(server)
