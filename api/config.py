@@ -97,7 +97,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BROKER_BACKEND_TIMEOUT_SECONDS", "10", "Timeout of a backend validation call, seconds, [1, 120].",
             "backend-url", "legacy"),
     Setting("BROKER_OPERATOR_TOKEN_FILE", None, "File holding the operator/auditor bearer token (mode 0600; "
-            "at least 32 characters). It may read any record's proof bundle.", "operator-token", "audit"),
+            "at least 32 characters). An operator credential (quarantine, `/metrics`, `/operator`) that may also read any "
+            "record's proof bundle.", "operator-token", "audit"),
     Setting("BROKER_OPERATOR_WALLETS", "", "Comma list of operator wallet addresses (`0x` + 40 hex). Their SIWE "
             "sessions carry the operator role: quarantine API, `/operator` page, `/metrics`.", "operator-wallets",
             "operators"),
