@@ -9,9 +9,21 @@ HOST ?= 127.0.0.1
 PORT ?= 8091
 STATE_DIR ?= ./.agentkeys-dev
 
-.PHONY: install run test bench lock clean
+.PHONY: install system-tools run test bench lock clean
 
-install: $(STAMP) $(NODE_STAMP)
+install: $(STAMP) $(NODE_STAMP) system-tools
+
+# Debian packages the tests need, installed only when missing (one apt-get update first):
+# chromium + chromium-driver for the operator page's browser test (Selenium uses /usr/bin/chromedriver).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-tools:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	test -x /usr/bin/chromedriver || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $$missing; \
+	fi
 
 # Python: a venv with the pinned dependency set (constraints.txt is the lock).
 $(STAMP): pyproject.toml constraints.txt

@@ -462,6 +462,14 @@ class EvmAnchor:
         self._ready_cache = (time.monotonic(), checks)
         return checks
 
+    @property
+    def last_known_balance_wei(self) -> int | None:
+        """The fee payer's balance from the last finished readiness probe (no RPC call), or None."""
+        fut = self._probe_future
+        if fut is None or not fut.done() or fut.cancelled() or fut.exception() is not None:
+            return None
+        return fut.result().balance
+
     # --- extras ---------------------------------------------------------------------------
 
     def start(self, *, check: bool = True) -> "EvmAnchor":

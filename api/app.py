@@ -17,6 +17,7 @@ from litestar.openapi.spec import Components  # noqa: F401  (kept for later secu
 from . import log_redaction
 from .errors import EXCEPTION_HANDLERS
 from .http_hygiene import BodyTimeoutMiddleware, no_store
+from .logs import request_id_middleware
 from .readiness import evaluate
 from .routes.audit import audit_record
 from .routes.auth_exchange import auth_exchange
@@ -24,6 +25,8 @@ from .routes.auth_session import session_revoke_route
 from .routes.auth_wallet import wallet_start, wallet_verify
 from .routes.grants import grant_create, grant_list, grant_revoke
 from .routes.mint import mint_aws_creds
+from .routes.operator import ROUTES as OPERATOR_ROUTES
+from .routes.operator_page import ROUTES as OPERATOR_PAGE_ROUTES
 from .runtime import Services
 from .schemas import AnchorPosition, AuditHead, ErrorBody, ReadinessBody
 
@@ -84,9 +87,10 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
             if manage_lifecycle:
                 services.stop()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[healthz, readyz, audit_head, wallet_start, wallet_verify, grant_create, grant_revoke,
-                        grant_list, mint_aws_creds, auth_exchange, audit_record, session_revoke_route],
+                        grant_list, mint_aws_creds, auth_exchange, audit_record, session_revoke_route, *OPERATOR_ROUTES,
+                        *OPERATOR_PAGE_ROUTES],
         request_max_body_size=services.config.body_limit_bytes,
         middleware=[DefineMiddleware(BodyTimeoutMiddleware, timeout_s=services.config.body_timeout_s)],
         before_send=[no_store],
@@ -102,4 +106,8 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
         ),
         signature_namespace={"ErrorBody": ErrorBody},
         debug=False,
+        logging_config=None,  # the entry point configures logging once (api/logs.py); Litestar must not
     )
+    # outermost, so that every response (404s of unknown paths too) gets its request id and access line
+    app.asgi_handler = request_id_middleware(app.asgi_handler)
+    return app

@@ -42,11 +42,20 @@ def register(subparsers: Any) -> None:
 
 
 def _configure_logging() -> None:
+    """`BROKER_LOG_LEVEL` / `BROKER_LOG_FORMAT` (api/logs.py); a bad value is one BOOT_FAIL line."""
+    from ledger.errors import CommandError
+
+    from .config import BootFailure, log_settings
+    from .logs import configure
+
+    try:
+        level, fmt = log_settings(os.environ)
+    except BootFailure as exc:
+        raise CommandError(str(exc), code=1) from None
+    configure(level, fmt)
     from .log_redaction import install
 
     install()
-    logging.basicConfig(level=os.environ.get("BROKER_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 def _is_loopback(host: str) -> bool:
@@ -99,6 +108,7 @@ def _run_server(services: Any, host: str, port: int) -> None:
 
     app = create_app(services)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, proxy_headers=False,
+                            log_config=None,  # keep the broker's one format (api/logs.py)
                             timeout_graceful_shutdown=services.config.shutdown_grace_s)
     _Server(config).run()
 

@@ -100,7 +100,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BROKER_BACKEND_TIMEOUT_SECONDS", "10", "Timeout of a backend validation call, seconds, [1, 120].",
             "backend-url", "legacy"),
     Setting("BROKER_OPERATOR_TOKEN_FILE", None, "File holding the operator/auditor bearer token (mode 0600; "
-            "at least 32 characters). It may read any record's proof bundle.", "operator-token", "audit"),
+            "at least 32 characters). An operator credential (quarantine, `/metrics`, `/operator`) that may also read any "
+            "record's proof bundle.", "operator-token", "audit"),
+    Setting("BROKER_OPERATOR_WALLETS", "", "Comma list of operator wallet addresses (`0x` + 40 hex). Their SIWE "
+            "sessions carry the operator role: quarantine API, `/operator` page, `/metrics`.", "operator-wallets",
+            "operators"),
+    Setting("BROKER_IAM_ENDPOINT_URL", None, "IAM endpoint for the role kill switch (`iam:PutRolePolicy`); moto "
+            "in development. `https://`, or `http://` to a loopback address or with `BROKER_DEV_MODE=true`. "
+            "Default: AWS IAM.", "iam-endpoint", "operators"),
+    Setting("BROKER_METRICS_AUTH", "operator", "`/metrics` access: `operator` (an operator credential) or `none` "
+            "(anyone who can reach the port: keep it on a private network).", "metrics-auth", "operators"),
+    Setting("BROKER_LOG_LEVEL", "INFO", "Log level: `DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL`.",
+            "log-level", "operators"),
+    Setting("BROKER_LOG_FORMAT", "text", "`text` (readable lines) or `json` (one JSON object per line: `ts`, "
+            "`level`, `logger`, `request_id`, `msg`).", "log-format", "operators"),
     Setting("BROKER_ANCHOR_DEADLINE_MS", "10000", "Longest wait for the required anchors inside a request, "
             "milliseconds, [100, 120000]; past it 503 `anchor_unavailable`, nothing released.", "anchor-deadline", "audit"),
 )
@@ -183,6 +196,76 @@ def _operator_token(env: Mapping[str, str]) -> str | None:
         raise BootFailure("BROKER_OPERATOR_TOKEN_FILE", raw, "must hold one token of at least 32 characters",
                           "operator-token")
     return token
+
+
+def _operator_wallets(env: Mapping[str, str]) -> tuple[str, ...]:
+    import re
+
+    raw = env.get("BROKER_OPERATOR_WALLETS") or ""
+    out: list[str] = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not re.fullmatch(r"0x[0-9a-fA-F]{40}", part):
+            raise BootFailure("BROKER_OPERATOR_WALLETS", raw, f"{part[:60]!r} is not a wallet address (0x + 40 hex)",
+                              "operator-wallets")
+        if part.lower() not in out:
+            out.append(part.lower())
+    return tuple(out)
+
+
+def _iam_endpoint(env: Mapping[str, str], dev_mode: bool) -> str | None:
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    raw = (env.get("BROKER_IAM_ENDPOINT_URL") or "").strip()
+    if not raw:
+        return None
+    url = raw.rstrip("/")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise BootFailure("BROKER_IAM_ENDPOINT_URL", raw, "must be an absolute http(s) URL", "iam-endpoint") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment or parts.username:
+        raise BootFailure("BROKER_IAM_ENDPOINT_URL", raw, "must be an absolute http(s) URL without credentials, "
+                          "query or fragment", "iam-endpoint")
+    if parts.scheme == "http" and not dev_mode:
+        host = parts.hostname
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise BootFailure("BROKER_IAM_ENDPOINT_URL", raw, "must be https:// unless it is a loopback address or "
+                              "BROKER_DEV_MODE=true", "iam-endpoint")
+    return url
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
+
+
+def log_settings(env: Mapping[str, str]) -> tuple[str, str]:
+    """`(level, format)` from `BROKER_LOG_LEVEL` / `BROKER_LOG_FORMAT`; `BootFailure` on a bad value.
+    Entry points call it before anything logs."""
+    level = (_get(env, "BROKER_LOG_LEVEL") or "INFO").strip().upper()
+    if level not in LOG_LEVELS:
+        raise BootFailure("BROKER_LOG_LEVEL", env.get("BROKER_LOG_LEVEL"),
+                          f"must be one of {', '.join(LOG_LEVELS)}", "log-level")
+    fmt = (_get(env, "BROKER_LOG_FORMAT") or "text").strip().lower()
+    if fmt not in LOG_FORMATS:
+        raise BootFailure("BROKER_LOG_FORMAT", env.get("BROKER_LOG_FORMAT"), "must be text or json", "log-format")
+    return level, fmt
+
+
+def _metrics_auth(env: Mapping[str, str]) -> str:
+    value = (_get(env, "BROKER_METRICS_AUTH") or "operator").strip().lower()
+    if value not in ("none", "operator"):
+        raise BootFailure("BROKER_METRICS_AUTH", env.get("BROKER_METRICS_AUTH"), "must be none or operator",
+                          "metrics-auth")
+    return value
 
 
 def _backend_url(env: Mapping[str, str]) -> str | None:
@@ -313,6 +396,11 @@ class BrokerConfig:
     evm: Any = None  # anchors.evm.EvmAnchorConfig when `evm` is an anchor
     evm_confirm_deadline_s: int = 600
     operator_token: str | None = field(default=None, repr=False)
+    operator_wallets: tuple[str, ...] = ()
+    iam_endpoint_url: str | None = None
+    metrics_auth: str = "operator"
+    log_level: str = "INFO"
+    log_format: str = "text"
     legacy_bearer: bool = False
     backend_url: str | None = None
     backend_timeout_s: int = 10
@@ -389,6 +477,11 @@ class BrokerConfig:
             mint_max_skew_s=_int(env, "BROKER_MINT_MAX_SKEW_SECONDS", 5, 3600),
             mints_per_hour_per_omni=_int(env, "BROKER_RATE_LIMIT_MINTS_PER_HOUR_PER_OMNI", 1, 1_000_000),
             operator_token=_operator_token(env),
+            operator_wallets=_operator_wallets(env),
+            iam_endpoint_url=_iam_endpoint(env, dev_mode),
+            metrics_auth=_metrics_auth(env),
+            log_level=log_settings(env)[0],
+            log_format=log_settings(env)[1],
             legacy_bearer=_bool(env, "BROKER_LEGACY_BEARER"),
             backend_url=_backend_url(env),
             backend_timeout_s=_int(env, "BROKER_BACKEND_TIMEOUT_SECONDS", 1, 120),

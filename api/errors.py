@@ -80,6 +80,7 @@ REFUSALS: dict[str, tuple[str, bool]] = {
     "session_revoked": ("unauthorized", True),
     # 403: who may do this, to whose resources
     "not_owner": ("forbidden", True),
+    "not_operator": ("forbidden", True),
     "no_grant": ("forbidden", True),
     "grant_revoked": ("forbidden", True),
     "grant_expired": ("forbidden", True),
@@ -87,9 +88,11 @@ REFUSALS: dict[str, tuple[str, bool]] = {
     "scope_not_granted": ("forbidden", True),
     # 404: absent and not-yours are one answer
     "not_found": ("not_found", False),
+    "case_not_found": ("not_found", True),
     # 409
     "wallet_role_conflict": ("conflict", True),
     "request_replayed": ("conflict", True),
+    "case_closed": ("conflict", True),
     # 429 (with Retry-After)
     "rate_limited": ("rate_limited", True),
     "challenges_per_ip": ("rate_limited", True),
@@ -97,6 +100,7 @@ REFUSALS: dict[str, tuple[str, bool]] = {
     # 5xx
     "anchored_batch_mismatch": ("internal", False),
     "sts_error": ("sts_error", False),
+    "kill_switch_failed": ("sts_error", True),
     "backend_unreachable": ("backend_unreachable", True),
     "anchor_unready": ("anchor_unavailable", True),
     "anchor_deadline": ("anchor_unavailable", True),

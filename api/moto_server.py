@@ -270,6 +270,7 @@ def dev_broker_env(info: Mapping[str, Any]) -> dict[str, str]:
     """The broker variables that point it at the moto server described by `info`."""
     return {
         "BROKER_STS_ENDPOINT_URL": str(info["sts_endpoint"]),
+        "BROKER_IAM_ENDPOINT_URL": str(info["sts_endpoint"]),  # one moto server serves every service
         "BROKER_DATA_ROLE_ARN": str(info["role_arn"]),
         "BROKER_AWS_REGION": str(info["region"]),
         "DAEMON_ACCESS_KEY_ID": DEV_ACCESS_KEY_ID,

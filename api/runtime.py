@@ -138,6 +138,7 @@ class Services:
     mint: MintService
     legacy: LegacyService | None = None
     scheduler: Any = None
+    operator: Any = None  # api.operator.OperatorSurface
     _started: bool = field(default=False, repr=False)
     _sts_probe: tuple[float, Readiness] | None = field(default=None, repr=False)
 
@@ -189,7 +190,8 @@ class Services:
             elif not isinstance(gate, ReleaseGate):
                 gate = gate(opened)
             release = ReleasePath(ledger=ledger, gate=gate)
-            signer = SessionSigner(session_keys, config.issuer, config.session_jwt_ttl_s)
+            signer = SessionSigner(session_keys, config.issuer, config.session_jwt_ttl_s,
+                                   operator_wallets=config.operator_wallets)
             issuer = JwtSessionIssuer(signer)
             wallet_auth = WalletSignIn(ledger=ledger, issuer=issuer, release=release, domain=config.siwe_domain,
                                        uri=config.issuer, chain_ids=config.siwe_chain_ids, clock=now)
@@ -215,6 +217,9 @@ class Services:
                 services.legacy = LegacyService(
                     backend=legacy_backend or LegacyBackend(config.backend_url, config.backend_timeout_s),
                     ledger=ledger, issuer=issuer, release=release, mint_service=mint)
+            from .operator import OperatorSurface
+
+            services.operator = OperatorSurface.build(services)
             services.record_signing_keys()
             services.record_anchor_contracts()
         except BaseException:
@@ -275,7 +280,8 @@ class Services:
         job = Job("quarantine-detect", 15.0, lambda: quarantine.run(
             ledger=self.ledger, async_anchors=async_anchors, deadline_s=self.config.evm_confirm_deadline_s,
             now=time.time))
-        return build_scheduler([job], Leases(self.config.data_dir / "leases.sqlite"))
+        reanchor = Job("quarantine-reanchor", 5.0, self.operator.close_reanchored)
+        return build_scheduler([job, reanchor], Leases(self.config.data_dir / "leases.sqlite"))
 
     def stop(self) -> None:
         try:
@@ -367,7 +373,9 @@ class Services:
         return Readiness("ready", f"{purpose} key {keyring.active.kid}")
 
     def _projections_ready(self) -> Readiness:
-        lag = self.projections.lag()
+        status = self.projections.status()
+        lag = max((s.lag for s in status), default=0)
+        each = ", ".join(f"{s.name} {s.lag}" for s in status)
         if lag > PROJECTION_LAG_DEGRADED:
-            return Readiness("degraded", f"projections are {lag} events behind the ledger head")
-        return Readiness("ready", f"projections lag {lag}")
+            return Readiness("degraded", f"projections are up to {lag} events behind the ledger head ({each})")
+        return Readiness("ready", f"projections lag {lag} ({each})")

@@ -27,6 +27,8 @@ from .events import (
     MintQuarantined,
     MintRequested,
     MintWithheld,
+    QuarantineResolved,
+    RoleSessionsRevoked,
     SessionIssued,
     SessionWithheld,
     SigningKeyRotated,
@@ -279,6 +281,14 @@ class MintRequest(Aggregate):
         self.denied = event
 
 
+class CaseRefused(LedgerError):
+    """A quarantine case cannot take this resolution; `reason` is the wire reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class QuarantineCase(Aggregate):
     """One quarantine case (stream key: the `MintAuthorized` seq), opened at most once."""
 
@@ -287,6 +297,8 @@ class QuarantineCase(Aggregate):
     def __init__(self, stream: uuid.UUID) -> None:
         super().__init__(stream)
         self.opened: MintQuarantined | None = None
+        self.resolutions: list[QuarantineResolved] = []
+        self.revocations: list[RoleSessionsRevoked] = []
 
     @staticmethod
     def stream_for(authorized_seq: int) -> uuid.UUID:
@@ -295,8 +307,35 @@ class QuarantineCase(Aggregate):
     def when_MintQuarantined(self, event: MintQuarantined) -> None:
         self.opened = event
 
+    def when_QuarantineResolved(self, event: QuarantineResolved) -> None:
+        self.resolutions.append(event)
+
+    def when_RoleSessionsRevoked(self, event: RoleSessionsRevoked) -> None:
+        self.revocations.append(event)
+
+    @property
+    def status(self) -> str:
+        """`open`, `reanchoring` (an operator asked for a re-anchor; the worker closes it) or
+        `resolved`; `unknown` when no case was opened on this stream."""
+        if self.opened is None:
+            return "unknown"
+        if not self.resolutions:
+            return "open"
+        return self.resolutions[-1].status
+
     def open(self, event: MintQuarantined) -> list[Event]:
         return [] if self.opened is not None else [event]
+
+    def resolve(self, event: QuarantineResolved, *, revoked: RoleSessionsRevoked | None = None) -> list[Event]:
+        """Close the case (or start a re-anchor). Only an open case takes an operator's action;
+        only a re-anchoring case takes the worker's closing `resolved`."""
+        if self.opened is None:
+            raise CaseRefused("case_not_found", f"no quarantine case {event.case_id}")
+        closing_reanchor = (self.status == "reanchoring" and event.action == "reanchor"
+                            and event.status == "resolved" and event.operator == "worker")
+        if self.status != "open" and not closing_reanchor:
+            raise CaseRefused("case_closed", f"quarantine case {event.case_id} is {self.status}")
+        return ([revoked] if revoked is not None else []) + [event]
 
 
 class AnchorContract(Aggregate):

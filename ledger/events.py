@@ -348,3 +348,35 @@ class AnchorContractChanged(Event, frozen=True, kw_only=True):
     contract: str
     previous_contract: str | None
     fee_payer: str
+
+
+# --- Operators --------------------------------------------------------------------------------
+
+QuarantineAction = Literal["reanchor", "accept", "revoke"]
+
+
+class QuarantineResolved(Event, frozen=True, kw_only=True):
+    """An operator resolved a quarantine case (`q-<seq of MintAuthorized>`). `accept`: the mint
+    stands without the missing anchor; `revoke`: the role's kill switch was applied first
+    (`RoleSessionsRevoked`); `reanchor`: status `reanchoring` until the worker sees the missing
+    anchors confirm the record and writes `resolved` with operator `worker`. `operator` names who
+    acted (design §8 "Operators"): `cli:<os-user>@<host>`, `token:<8 hex>`, a wallet address, or
+    `worker`."""
+
+    case_id: str
+    action: QuarantineAction
+    reason: str
+    operator: str
+    status: Literal["reanchoring", "resolved"]
+
+
+class RoleSessionsRevoked(Event, frozen=True, kw_only=True):
+    """The role kill switch: the inline role policy `agentkeys-kill-switch` now denies every
+    session of `role_arn` issued before `not_before` (`aws:TokenIssueTime`, RFC 3339 UTC). STS
+    credentials cannot be revoked one by one, so this cuts off every live session of the role, of
+    every tenant, not only the quarantined mint's."""
+
+    role_arn: str
+    not_before: str
+    case_id: str
+    operator: str

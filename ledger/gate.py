@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .anchoring import ConfirmationWaiter, default_waiter
 from .ports import Anchor
@@ -47,6 +47,7 @@ class ReleaseGate:
         self.deadline_s = deadline_ms / 1000.0
         self.waiter = waiter or default_waiter()
         self._ready_cache: dict[str, tuple[float, bool]] = {}
+        self.observers: list[Callable[[GateResult, float], None]] = []
 
     def unready_required(self) -> list[str]:
         """Required anchors whose `ready()` says unready now (cached READY_TTL_S per anchor), so a
@@ -76,9 +77,21 @@ class ReleaseGate:
         return GateResult(released=not missing, anchored=anchored, missing=missing)
 
     def wait(self, seq: int) -> GateResult:
+        started = time.monotonic()
         self.waiter.wait(self.required, seq, self.deadline_s)
-        return self._result(seq)
+        return self._observed(self._result(seq), started)
 
     async def wait_async(self, seq: int) -> GateResult:
+        started = time.monotonic()
         await self.waiter.wait_async(self.required, seq, self.deadline_s)
-        return self._result(seq)
+        return self._observed(self._result(seq), started)
+
+    def _observed(self, result: GateResult, started: float) -> GateResult:
+        """Tell every observer (metrics: `agentkeys_release_seconds`) how long the gate waited."""
+        elapsed = time.monotonic() - started
+        for observe in self.observers:
+            try:
+                observe(result, elapsed)
+            except Exception:  # pragma: no cover - an observer never changes a release
+                pass
+        return result

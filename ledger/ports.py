@@ -180,3 +180,16 @@ class IdentityBackend(Protocol):
     (`backend_rejected`, `backend_unreachable`)."""
 
     async def validate(self, token: str) -> str: ...
+
+
+KILL_SWITCH_POLICY_NAME = "agentkeys-kill-switch"
+
+
+@runtime_checkable
+class RoleKillSwitch(Protocol):
+    """Denies every session of an IAM role issued before a time (design §3 "Quarantine"): the
+    inline role policy `agentkeys-kill-switch` with `aws:TokenIssueTime`, overwritten with the
+    newer time. Implemented over boto3 IAM in api/iam.py. Raises `StsError` when IAM refuses or
+    cannot be reached (nothing was changed then)."""
+
+    def revoke_sessions_before(self, role_arn: str, not_before: str) -> None: ...

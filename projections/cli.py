@@ -31,7 +31,7 @@ def register(subparsers) -> None:  # noqa: ANN001
     group = subparsers.add_parser(
         "projections",
         help="read models built from the ledger (rebuild, status)",
-        description="Read models built from the ledger: wallets (and, later, grants, mints, quarantine, auth requests).",
+        description="Read models built from the ledger: wallets, grants, mints, quarantine.",
     )
     sub = group.add_subparsers(dest="projections_command", metavar="SUBCOMMAND")
 

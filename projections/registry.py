@@ -10,12 +10,16 @@ from .base import Projection
 from .errors import UnknownProjection
 from .grants import GrantsProjection
 from .sessions import SessionsProjection
+from .mints import MintsProjection
+from .quarantine import QuarantineProjection
 from .wallets import WalletsProjection
 
 FACTORIES: dict[str, Callable[[], Projection]] = {
     WalletsProjection.name: WalletsProjection,
     GrantsProjection.name: GrantsProjection,
     SessionsProjection.name: SessionsProjection,
+    MintsProjection.name: MintsProjection,
+    QuarantineProjection.name: QuarantineProjection,
 }
 
 

@@ -10,6 +10,8 @@ from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from ledger.logcontext import request_id_var as job_id_var
+
 from .leases import Leases
 
 log = logging.getLogger("agentkeys.workers")
@@ -29,11 +31,14 @@ def leased(job: Job, leases: Leases) -> Callable[[], None]:
         if not leases.acquire(job.name, ttl):
             return
         started = time.monotonic()
+        token = job_id_var.set(f"job:{job.name}")
         try:
             result = job.run()
             log.debug("job %s done in %.3fs: %s", job.name, time.monotonic() - started, result)
         except Exception:
             log.exception("job %s failed", job.name)
+        finally:
+            job_id_var.reset(token)
 
     return run
 

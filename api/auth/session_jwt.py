@@ -3,7 +3,8 @@
     header  {"alg": "ES256", "kid": <session kid>, "typ": "JWT"}
     claims  {"iss": <BROKER_OIDC_ISSUER>, "sub": "agentkeys:user:<omni>", "aud": "agentkeys:broker",
              "exp": iat + ttl, "iat": now, "jti": "<hex unix micros>-<16 hex random>",
-             "agentkeys": {"omni_account", "wallet_address": "0x..." | "", "identity_type", "identity_value"}}
+             "agentkeys": {"omni_account", "wallet_address": "0x..." | "", "identity_type", "identity_value",
+                           "role": "operator" (only for a wallet in BROKER_OPERATOR_WALLETS)}}
 
 Verification never trusts the header: step 1 `verify_signature` requires `alg == "ES256"` exactly
 (no `none`, no HS256 keyed with the public key, no RS/ES384...), a `kid` among the keyring's
@@ -40,6 +41,7 @@ MIN_TTL_SECONDS = 60
 MAX_TTL_SECONDS = 86400
 DEFAULT_LEEWAY_SECONDS = 60
 MAX_TOKEN_CHARS = 8192
+OPERATOR_ROLE = "operator"
 
 _HEADER_PARAMS = frozenset({"alg", "kid", "typ"})
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
@@ -68,11 +70,12 @@ class SessionTokenError(Exception):
         super().__init__(f"session jwt: {reason}" + (f": {detail}" if detail else ""))
 
 
-class AgentkeysClaims(msgspec.Struct, frozen=True, kw_only=True):
+class AgentkeysClaims(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     omni_account: str
     wallet_address: str
     identity_type: str
     identity_value: str
+    role: str | None = None  # "operator" for a wallet in BROKER_OPERATOR_WALLETS; absent otherwise
 
 
 class SessionClaims(msgspec.Struct, frozen=True, kw_only=True):
@@ -137,7 +140,8 @@ def new_jti(now: float | None = None) -> str:
 class SessionSigner:
     """Signs session JWTs with the active key of the session keyring."""
 
-    def __init__(self, keyring: Keyring, issuer: str, ttl_seconds: int = DEFAULT_TTL_SECONDS) -> None:
+    def __init__(self, keyring: Keyring, issuer: str, ttl_seconds: int = DEFAULT_TTL_SECONDS, *,
+                 operator_wallets: tuple[str, ...] | frozenset[str] = ()) -> None:
         if keyring.purpose != "session":
             raise ValueError("session JWTs are signed with the session keypair, never the OIDC keypair")
         if not isinstance(issuer, str) or not issuer:
@@ -148,6 +152,7 @@ class SessionSigner:
         self.keyring = keyring
         self.issuer = issuer
         self.ttl_seconds = ttl_seconds
+        self.operator_wallets = frozenset(w.lower() for w in operator_wallets)
 
     @property
     def kid(self) -> str:
@@ -169,7 +174,9 @@ class SessionSigner:
             iss=self.issuer, sub=SUBJECT_PREFIX + omni_account, aud=AUDIENCE, exp=iat + self.ttl_seconds,
             iat=iat, jti=new_jti(None if now is None else t),
             agentkeys=AgentkeysClaims(omni_account=omni_account, wallet_address=wallet_address,
-                                      identity_type=identity_type, identity_value=identity_value),
+                                      identity_type=identity_type, identity_value=identity_value,
+                                      role=OPERATOR_ROLE if wallet_address and wallet_address.lower()
+                                      in self.operator_wallets else None),
         )
         active = self.keyring.active
         token = jwt.encode(claims.to_dict(), active.private_key, algorithm=ALGORITHM,
@@ -312,6 +319,9 @@ def verify_claims(signed: SignedClaims, issuer: str, *, now: float | None = None
         raise SessionTokenError("claims_invalid", "agentkeys.wallet_address is not 0x + 40 hex or empty")
     identity_type = _str_field(ak, "identity_type")
     identity_value = _str_field(ak, "identity_value", nonempty=False)
+    role = ak.get("role")
+    if role is not None and role != OPERATOR_ROLE:
+        raise SessionTokenError("claims_invalid", "agentkeys.role is not a known role")
     sub = payload.get("sub")
     if not isinstance(sub, str) or sub != SUBJECT_PREFIX + omni:
         raise SessionTokenError("claims_invalid", "sub does not name agentkeys.omni_account")
@@ -319,7 +329,7 @@ def verify_claims(signed: SignedClaims, issuer: str, *, now: float | None = None
     return SessionClaims(
         iss=iss, sub=sub, aud=aud, exp=exp, iat=iat, jti=jti,
         agentkeys=AgentkeysClaims(omni_account=omni, wallet_address=wallet,
-                                  identity_type=identity_type, identity_value=identity_value),
+                                  identity_type=identity_type, identity_value=identity_value, role=role),
     )
 
 
