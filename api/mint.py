@@ -38,7 +38,7 @@ import msgspec
 from ledger.aggregates import Grant, GrantRefused, MintRequest, stream_id
 from ledger.app import Ledger
 from ledger.errors import ConcurrencyConflict
-from ledger.events import GrantCreated, MintAuthorized, MintDenied, MintRequested, MintWithheld
+from ledger.events import GrantCreated, MintAuthorized, MintDenied, MintRequested, MintUnreleased, MintWithheld
 from ledger.canonical import canonical_bytes
 from ledger.gate import ReleaseGate
 from ledger.identity import evm_omni_account
@@ -184,12 +184,12 @@ class MintService:
     async def _release(self, ctx: "_Ctx", digest: str, *, audit_id: str) -> MintResult:
         """Admission, STS, `MintAuthorized`, the gate: shared by both paths."""
         body = ctx.body
-        requested, grant = await self._admit(ctx, digest)
+        requested, grant, requested_seq = await self._admit(ctx, digest)
 
         request = AssumeRoleRequest(
             wallet=ctx.wallet, omni_account=grant.master_omni_account if grant else ctx.omni_account,
             agent_id=body.intent.agent_id, service=body.intent.service, scope_path=body.intent.scope_path,
-            duration_seconds=self.duration_s,
+            duration_seconds=self.duration_s, requested_seq=requested_seq,
         )
         try:
             creds = await asyncio.to_thread(self.minter.assume_role, request)
@@ -197,7 +197,14 @@ class MintService:
             await self._deny(ctx, "bad_request", exc.message, grant_id=requested.grant_id)
             raise ApiError("bad_request", f"bad request: {exc.message}", reason="invalid_scope") from None
         except StsError as exc:
-            await self._deny(ctx, "sts_error", f"{exc.code}: {exc.message}"[:500], grant_id=requested.grant_id)
+            if exc.outcome_unknown and request.session_name:  # issue 12: STS may have issued it
+                await self.ledger.append_async(MintRequest.stream_for(ctx.wallet, body.request_id), 1, [MintUnreleased(
+                    request_id=body.request_id, wallet=ctx.wallet, requested_seq=requested_seq,
+                    sts_session_name=request.session_name, role_arn=getattr(self.minter, "role_arn", "") or "",
+                    access_key_id=None, expiration=None, reason="sts_outcome_unknown",
+                    detail=f"{exc.code}: {exc.message}"[:500])])
+            else:
+                await self._deny(ctx, "sts_error", f"{exc.code}: {exc.message}"[:500], grant_id=requested.grant_id)
             raise ApiError("sts_error", f"sts error: {exc.code}: {exc.message}"[:600]) from None
 
         authorized = MintAuthorized(
@@ -213,7 +220,9 @@ class MintService:
             result = await self.gate.wait_async(record.seq)
         except asyncio.CancelledError:
             # cut off (shutdown past its grace period, client gone): record that nothing was released
-            self.ledger.append(stream, 2, [MintWithheld(
+            # (queued, not awaited: a cancelled task must not block the loop on the commit; if the
+            # process dies first, the start-up outcome sweep records it)
+            self.ledger.submit(stream, 2, [MintWithheld(
                 request_id=body.request_id, wallet=ctx.wallet, authorized_seq=record.seq,
                 access_key_id=creds.access_key_id, reason="request_cancelled", missing_anchors=[])])
             raise
@@ -248,7 +257,7 @@ class MintService:
         return msgspec.structs.replace(body, intent=msgspec.structs.replace(
             body.intent, scope_path=normalize_scope(body.intent.scope_path, body.intent.service)))
 
-    async def _admit(self, ctx: "_Ctx", digest: str) -> tuple[MintRequested, GrantCreated | None]:
+    async def _admit(self, ctx: "_Ctx", digest: str) -> tuple[MintRequested, GrantCreated | None, int]:
         body = ctx.body
         stream = MintRequest.stream_for(ctx.wallet, body.request_id)
         for _ in range(10):
@@ -278,8 +287,8 @@ class MintService:
                 parts.append((grant_agg.stream, grant_agg.version, used))
             parts.append((stream, 0, [requested]))
             try:
-                await self.ledger.append_many_async(parts)
-                return requested, grant
+                records = await self.ledger.append_many_async(parts)
+                return requested, grant, records[-1].seq  # the MintRequested record names the STS session
             except ConcurrencyConflict as exc:
                 if exc.stream == stream:
                     await self._deny(ctx, "request_replayed", "request_id already used by this wallet")

@@ -169,7 +169,9 @@ class WalletAuth:
         except asyncio.CancelledError:
             # The request was cut off (shutdown past its grace period, client gone): nothing was
             # released, and the ledger must say so rather than end at SessionIssued.
-            self.ledger.append(challenge.stream, session_record.version, [SessionWithheld(
+            # (queued, not awaited: a cancelled task must not block the loop on the commit; if the
+            # process dies first, the start-up outcome sweep records it)
+            self.ledger.submit(challenge.stream, session_record.version, [SessionWithheld(
                 jti=claims.jti, session_seq=session_record.seq, reason="request_cancelled", missing_anchors=[])])
             raise
         if not result.released:

@@ -23,7 +23,7 @@ from tests.support_moto import sts_env
 
 @pytest.fixture
 def config(tmp_path: Path, dev_aws) -> BrokerConfig:
-    return BrokerConfig.from_env(broker_env(tmp_path, **sts_env(dev_aws)))
+    return BrokerConfig.from_env(broker_env(tmp_path, **sts_env(dev_aws), BROKER_READINESS_PROBE_INTERVAL_SECONDS="0.1"))
 
 
 @pytest.fixture
@@ -42,8 +42,20 @@ def test_readyz_lists_every_check_when_ready(live: LiveServer) -> None:
     r = httpx.get(live.url + "/readyz")
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body == {"status": "ready", "degraded": False, "checks": [], "ready": body["ready"]}
+    assert body == {"status": "ready", "degraded": False, "checks": [], "ready": body["ready"], "age_ms": body["age_ms"]}
     assert set(body["ready"]) == {"ledger", "sts", "anchor/sqlite", "keys/session", "keys/oidc", "auth/wallet_sig", "projections"}
+    assert set(body["age_ms"]) == set(body["ready"])
+    assert all(isinstance(v, int) and 0 <= v < 60_000 for v in body["age_ms"].values())
+
+
+def readyz_until(url: str, status: int, timeout_s: float = 10.0) -> httpx.Response:
+    """The probes run in the background: poll until /readyz answers `status`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = httpx.get(url + "/readyz")
+        if r.status_code == status or time.monotonic() > deadline:
+            return r
+        time.sleep(0.05)
 
 
 def test_readyz_turns_unready_when_the_anchor_file_goes_away_and_back(live: LiveServer, config: BrokerConfig) -> None:
@@ -57,7 +69,7 @@ def test_readyz_turns_unready_when_the_anchor_file_goes_away_and_back(live: Live
                 os.replace(p, Path(str(backup) + suffix))
         config.anchor_db.mkdir()
         try:
-            r = httpx.get(live.url + "/readyz")
+            r = readyz_until(live.url, 503)
             assert r.status_code == 503, r.text
             body = r.json()
             assert body["status"] == "unready"
@@ -75,10 +87,10 @@ def test_readyz_turns_unready_when_the_anchor_file_goes_away_and_back(live: Live
         mode = config.anchor_db.parent.stat().st_mode
         config.anchor_db.parent.chmod(stat.S_IRUSR | stat.S_IXUSR)
         try:
-            assert httpx.get(live.url + "/readyz").status_code == 503
+            assert readyz_until(live.url, 503).status_code == 503
         finally:
             config.anchor_db.parent.chmod(mode)
-    r = httpx.get(live.url + "/readyz")
+    r = readyz_until(live.url, 200)
     assert r.status_code == 200, r.text
 
 
