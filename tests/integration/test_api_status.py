@@ -124,3 +124,15 @@ def test_openapi_schema_is_served(live: LiveServer) -> None:
     assert r.status_code == 200
     paths = r.json()["paths"]
     assert {"/healthz", "/readyz", "/v1/audit/head"} <= set(paths)
+
+
+def test_outcome_sweep_is_scheduled_under_dual_strict_too(live: LiveServer) -> None:
+    """The periodic outcome sweep runs under every policy (before issue 12 the scheduler started
+    only under *_primary); the spill is preallocated at boot."""
+    services = live.services
+    assert services.config.audit_policy == "dual_strict"
+    assert services.scheduler is not None and services.scheduler.running
+    jobs = {job.id for job in services.scheduler.get_jobs()}
+    assert {"outcome-sweep", "spill-recover"} <= jobs and "quarantine-detect" not in jobs
+    assert services.spill.path.stat().st_size == services.config.spill_bytes
+    assert services.ledger_low_on_space() is False
