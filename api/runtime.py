@@ -229,8 +229,12 @@ class Services:
         from ledger.services.outcome_sweep import startup_sweep
 
         self.recover_spill()
-        result = startup_sweep(self.ledger, required_positions=self.required_positions,
-                               deadline_s=self.config.anchor_deadline_ms / 1000.0, role_arn_for=self.role_arn_for)
+        try:
+            result = startup_sweep(self.ledger, required_positions=self.required_positions,
+                                   deadline_s=self.config.anchor_deadline_ms / 1000.0, role_arn_for=self.role_arn_for)
+        except Exception:  # e.g. the ledger refuses writes: serve anyway, the periodic sweep retries
+            log.exception("start-up outcome sweep failed; the periodic sweep will settle the open records")
+            return
         if result.written:
             log.warning("start-up outcome sweep: %s", result.summary())
 

@@ -33,7 +33,7 @@ from typing import Callable, Mapping
 from ..aggregates import AuthChallenge, MintRequest
 from ..app import Ledger
 from ..chain import ChainRecord
-from ..errors import ConcurrencyConflict
+from ..errors import ConcurrencyConflict, LedgerError
 from ..events import Event, MintUnreleased, MintWithheld, ReleaseUnconfirmed, SessionWithheld
 from ..ports import sts_session_name
 
@@ -121,7 +121,11 @@ def _append(ledger: Ledger, cls: type, stream: uuid.UUID, decide: Callable[[obje
     """Append the outcome `decide(aggregate)` returns at the stream's current version; False when it
     returns None (already settled) or a live request settled it meanwhile."""
     for _ in range(3):
-        agg = ledger.load(cls, stream)
+        try:
+            agg = ledger.load(cls, stream)
+        except LedgerError as exc:  # a stream of an unexpected shape: leave it, say so, go on
+            log.error("outcome sweep: cannot load %s %s: %s", cls.__name__, stream, exc)
+            return False
         event = decide(agg)
         if event is None:
             return False

@@ -165,3 +165,15 @@ def test_a_live_outcome_written_first_wins(led: Ledger) -> None:
 
 def test_empty_ledger_sweeps_nothing(led: Ledger) -> None:
     assert startup_sweep(led, required_positions=lambda: {"sqlite": 0}, deadline_s=DEADLINE_S).written == 0
+
+
+def test_a_stream_of_unexpected_shape_is_logged_and_skipped_not_fatal(led: Ledger) -> None:
+    from ledger.events import WalletBound
+
+    odd = uuid.uuid4()
+    led.append(odd, 0, [WalletBound(omni_account="o" * 64, address=WALLET, role="master")])
+    led.append(odd, 1, [SessionIssued(jti="x", kid="k", omni_account="o" * 64, wallet_address=WALLET,
+                                      identity_type="evm", identity_value=WALLET, iat=1, exp=2, token_sha256="t" * 64)])
+    normal = authorized(led, "r1")
+    result = startup_sweep(led, required_positions=lambda: {"sqlite": 0}, deadline_s=DEADLINE_S)
+    assert result.withheld == [normal]
