@@ -136,3 +136,15 @@ def test_outcome_sweep_is_scheduled_under_dual_strict_too(live: LiveServer) -> N
     assert {"outcome-sweep", "spill-recover"} <= jobs and "quarantine-detect" not in jobs
     assert services.spill.path.stat().st_size == services.config.spill_bytes
     assert services.ledger_low_on_space() is False
+
+
+def test_spill_that_cannot_be_preallocated_refuses_to_boot(tmp_path: Path) -> None:
+    from api.config import BootFailure
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("x")
+    config = BrokerConfig.from_env(broker_env(tmp_path, BROKER_SPILL_PATH=str(blocker / "spill.journal")))
+    with pytest.raises(BootFailure) as info:
+        Services.build(config)
+    assert info.value.var == "BROKER_SPILL_PATH" and info.value.anchor == "spill"
+    assert str(info.value).startswith("BOOT_FAIL: BROKER_SPILL_PATH=")
