@@ -111,9 +111,9 @@ class ProbeRunner:
         if self._started:
             return self
         self._started = True
-        self._stop.clear()
+        self._stop = stop = threading.Event()  # one per start: threads of an earlier start stay stopped
         for slot in self._slots:
-            slot.thread = threading.Thread(target=self._loop, args=(slot,), daemon=True,
+            slot.thread = threading.Thread(target=self._loop, args=(slot, stop), daemon=True,
                                            name=f"probe-{'+'.join(slot.probe.names)}")
             slot.thread.start()
         return self
@@ -139,10 +139,10 @@ class ProbeRunner:
         for slot in self._slots:
             self._run(slot)
 
-    def _loop(self, slot: _Slot) -> None:
-        while not self._stop.is_set():
+    def _loop(self, slot: _Slot, stop: threading.Event) -> None:
+        while not stop.is_set():
             self._run(slot)
-            self._stop.wait(slot.probe.interval_s)
+            stop.wait(slot.probe.interval_s)
 
     def _run(self, slot: _Slot) -> None:
         with self._lock:

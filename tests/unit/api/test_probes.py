@@ -94,3 +94,20 @@ def test_a_check_cannot_be_probed_twice() -> None:
     with pytest.raises(ValueError):
         ProbeRunner([Probe.single("sts", lambda: Readiness("ready"), interval_s=1, timeout_s=1),
                      Probe.single("sts", lambda: Readiness("ready"), interval_s=1, timeout_s=1)])
+
+
+def test_background_threads_probe_periodically_and_stop() -> None:
+    calls: list[int] = []
+    seen_three = threading.Event()
+
+    def probe() -> Readiness:
+        calls.append(1)
+        if len(calls) >= 3:
+            seen_three.set()
+        return Readiness("ready")
+
+    runner = ProbeRunner([Probe.single("ledger", probe, interval_s=0.01, timeout_s=1)]).start()
+    assert runner.wait_first(10)
+    assert seen_three.wait(10)  # one attempt per period, again and again
+    runner.stop()
+    assert runner.latest("ledger") == Readiness("ready")
