@@ -148,3 +148,28 @@ def test_spill_that_cannot_be_preallocated_refuses_to_boot(tmp_path: Path) -> No
         Services.build(config)
     assert info.value.var == "BROKER_SPILL_PATH" and info.value.anchor == "spill"
     assert str(info.value).startswith("BOOT_FAIL: BROKER_SPILL_PATH=")
+
+
+def test_spilled_credential_enters_the_ledger_at_start_up(config: BrokerConfig) -> None:
+    """A credential the previous process could not record (its key id in the spill) becomes
+    `MintUnreleased{ledger_write_failed}` when the broker starts, and the spill empties."""
+    from ledger.aggregates import MintRequest
+    from ledger.events import MintRequested
+    from ledger.ports import sts_session_name
+    from ledger.spill import SpillEntry
+
+    wallet = "0x" + "12" * 20
+    services = Services.build(config)
+    [requested] = services.ledger.append(MintRequest.stream_for(wallet, "r1"), 0, [MintRequested(
+        request_id="r1", request_digest="d" * 64, omni_account="o" * 64, identity_type="evm", identity_value=wallet,
+        wallet=wallet, agent_id="a", service="s3", scope_path="agentkeys-dev/a/", grant_id="", session_jti="j")])
+    services.spill.write(SpillEntry(
+        request_id="r1", wallet=wallet, requested_seq=requested.seq, sts_session_name=sts_session_name(wallet, requested.seq),
+        role_arn=config.sts.role_arn, access_key_id="ASIAEXAMPLEEXAMPLE00", expiration=2_000_000_000,
+        detail="ledger write failed: database or disk is full"))
+    with LiveServer(services):
+        records = services.ledger.read(0, 1000)
+        assert services.spill.pending() == []  # recorded, acknowledged, compacted
+    [unreleased] = [r.data for r in records if r.type == "MintUnreleased"]
+    assert (unreleased["reason"], unreleased["access_key_id"]) == ("ledger_write_failed", "ASIAEXAMPLEEXAMPLE00")
+    assert unreleased["sts_session_name"] == sts_session_name(wallet, requested.seq)
