@@ -116,6 +116,16 @@ SETTINGS: tuple[Setting, ...] = (
             "`level`, `logger`, `request_id`, `msg`).", "log-format", "operators"),
     Setting("BROKER_ANCHOR_DEADLINE_MS", "10000", "Longest wait for the required anchors inside a request, "
             "milliseconds, [100, 120000]; past it 503 `anchor_unavailable`, nothing released.", "anchor-deadline", "audit"),
+    Setting("BROKER_READINESS_PROBE_INTERVAL_SECONDS", "2", "Period of the background readiness probes, seconds, "
+            "[0.05, 60]; the STS probe runs every min(10, 5 x this).", "readiness-probes"),
+    Setting("BROKER_JOB_OUTCOME_SWEEP_SECONDS", "30", "Period of the outcome sweep job (authorizations left "
+            "without an outcome get `*Withheld{interrupted}`), seconds, [0.1, 3600].", "outcome-sweep", "audit"),
+    Setting("BROKER_SPILL_PATH", None, "Journal for credentials STS issued that the ledger could not record (key id "
+            "and session name, never the secret). Default `$BROKER_DATA_DIR/spill.journal`.", "spill", "ledger"),
+    Setting("BROKER_SPILL_BYTES", "1048576", "Size the spill is preallocated to at boot, bytes, [4096, 1073741824].",
+            "spill", "ledger"),
+    Setting("BROKER_MIN_FREE_BYTES", "67108864", "Below this many free bytes on the ledger's disk, mints are refused "
+            "before STS (503 `unavailable`, `ledger_low_space`), bytes, [0, 2^50].", "spill", "ledger"),
 )
 
 AUTH_METHODS_BUILT = ("wallet_sig",)
@@ -148,6 +158,18 @@ def _int(env: Mapping[str, str], name: str, lo: int, hi: int) -> int:
         raise BootFailure(name, env.get(name), f"must be an integer in [{lo}, {hi}]", s.anchor) from None
     if not lo <= value <= hi:
         raise BootFailure(name, env.get(name), f"must be an integer in [{lo}, {hi}]", s.anchor)
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, lo: float, hi: float) -> float:
+    raw = _get(env, name)
+    s = _setting(name)
+    try:
+        value = float(str(raw).strip())
+    except (TypeError, ValueError):
+        raise BootFailure(name, env.get(name), f"must be a number in [{lo:g}, {hi:g}]", s.anchor) from None
+    if not lo <= value <= hi:  # also refuses nan
+        raise BootFailure(name, env.get(name), f"must be a number in [{lo:g}, {hi:g}]", s.anchor)
     return value
 
 
@@ -404,6 +426,11 @@ class BrokerConfig:
     legacy_bearer: bool = False
     backend_url: str | None = None
     backend_timeout_s: int = 10
+    readiness_probe_interval_s: float = 2.0
+    job_outcome_sweep_s: float = 30.0
+    spill_path: Path | None = None
+    spill_bytes: int = 1048576
+    min_free_bytes: int = 67108864
     sts: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -495,6 +522,11 @@ class BrokerConfig:
             dev_mode=dev_mode,
             evm=_evm(env, data_dir) if "evm" in anchors else None,
             evm_confirm_deadline_s=_int(env, "BROKER_EVM_CONFIRM_DEADLINE_SECONDS", 10, 7 * 24 * 3600),
+            readiness_probe_interval_s=_float(env, "BROKER_READINESS_PROBE_INTERVAL_SECONDS", 0.05, 60),
+            job_outcome_sweep_s=_float(env, "BROKER_JOB_OUTCOME_SWEEP_SECONDS", 0.1, 3600),
+            spill_path=path("BROKER_SPILL_PATH", "spill.journal"),
+            spill_bytes=_int(env, "BROKER_SPILL_BYTES", 4096, 1 << 30),
+            min_free_bytes=_int(env, "BROKER_MIN_FREE_BYTES", 0, 1 << 50),
             sts=_sts(env),  # last: its required role ARN must not mask the errors above
         )
 

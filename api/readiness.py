@@ -1,17 +1,22 @@
-"""Readiness checks for `/readyz`: each configured dependency probed live on every request.
+"""Readiness checks for `/readyz`: each configured dependency, probed in the background
+(api/probes.py); `/readyz` answers from the latest results and never calls a dependency itself.
 
-Shape (design §4): `{"status": "ready"|"degraded"|"unready", "degraded": bool, "checks": [non-ready
-checks with name, status, reason, docs], "ready": [names of ready checks]}`; HTTP 503 when any
-required check is unready. Checks never return a constant; a dependency that goes away turns its
-check unready on the next request, and back.
+Shape (design §4, §8): `{"status": "ready"|"degraded"|"unready", "degraded": bool, "checks":
+[non-ready checks with name, status, reason, docs], "ready": [names of ready checks], "age_ms":
+{check: milliseconds since its result was measured}}`; HTTP 503 when any required check is unready.
+A check the audit policy does not require (the asynchronous anchor's under `*_primary`,
+`projections`) makes the answer `degraded`, 200. Checks never return a constant; a dependency that
+goes away turns its check unready on its next probe, and back.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from ledger.ports import Readiness
+
+from .probes import CheckState
 
 RUNBOOK_URL = "docs/operator-runbook.md#"
 
@@ -24,7 +29,7 @@ class Check:
 
     @property
     def docs(self) -> str:
-        return RUNBOOK_URL + "readyz-" + self.name.replace("/", "-").replace("_", "-")
+        return docs_url(self.name)
 
     def run(self) -> Readiness:
         try:
@@ -33,19 +38,24 @@ class Check:
             return Readiness("unready", f"{self.name} probe failed: {type(exc).__name__}: {exc}")
 
 
-def evaluate(checks: list[Check]) -> tuple[int, dict]:
+def docs_url(name: str) -> str:
+    return RUNBOOK_URL + "readyz-" + name.replace("/", "-").replace("_", "-")
+
+
+def evaluate(states: Sequence[CheckState], required: Callable[[str], bool]) -> tuple[int, dict]:
+    """The `/readyz` status code and body from the latest probe results."""
     failing: list[dict] = []
     ready: list[str] = []
     unready_required = False
     degraded = False
-    for check in checks:
-        result = check.run()
+    for state in states:
+        result = state.readiness
         if result.status == "ready":
-            ready.append(check.name)
+            ready.append(state.name)
             continue
-        entry = {"name": check.name, "status": result.status, "reason": result.detail, "docs": check.docs}
+        entry = {"name": state.name, "status": result.status, "reason": result.detail, "docs": docs_url(state.name)}
         failing.append(entry)
-        if result.status == "unready" and check.required:
+        if result.status == "unready" and required(state.name):
             unready_required = True
         else:
             degraded = True
@@ -55,4 +65,5 @@ def evaluate(checks: list[Check]) -> tuple[int, dict]:
         status, code = "degraded", 200
     else:
         status, code = "ready", 200
-    return code, {"status": status, "degraded": status == "degraded", "checks": failing, "ready": ready}
+    return code, {"status": status, "degraded": status == "degraded", "checks": failing, "ready": ready,
+                  "age_ms": {state.name: state.age_ms for state in states}}

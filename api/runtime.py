@@ -41,22 +41,35 @@ from .sts import BotoStsMinter
 from .client_ip import client_ip
 from .config import BootFailure, BrokerConfig
 from .keys import KeyFileError, Keyring, load_keyring
+from .probes import Probe, ProbeRunner, sts_interval
 from .ratelimit import RateLimiter
-from .readiness import Check
+from .readiness import Check, evaluate
 
 log = logging.getLogger("agentkeys.runtime")
 
 # A projection further behind the ledger head than this is reported degraded.
 PROJECTION_LAG_DEGRADED = 1000
 HOUR = 3600
-STS_PROBE_TTL_S = 15.0
 ANCHOR_READY_TTL_S = 1.0
+
+
+def probed_anchor_readiness(probes: ProbeRunner, fallback: AnchorReadiness) -> AnchorReadiness:
+    """The `AnchorReadiness` port in a serving process: the last background probe of
+    `anchor/<name>` (api/probes.py; never blocks). Only before the first probe has answered (the
+    first seconds of a process, or a process whose probes were never started) does it ask
+    `fallback`, which the mint use case calls in a worker thread, bounded by the anchor's own timeout."""
+
+    def anchor_ready(name: str) -> Readiness:
+        latest = probes.latest(f"anchor/{name}")
+        return latest if latest is not None else fallback(name)
+
+    return anchor_ready
 
 
 def cached_anchor_readiness(anchors: Sequence[Anchor], ttl_s: float = ANCHOR_READY_TTL_S) -> AnchorReadiness:
     """The default `AnchorReadiness` port: `anchor.ready()` (each anchor bounds its own probe)
     cached `ttl_s` per anchor; an error is unready. The mint use case calls it in a worker thread.
-    A background prober (cached results) can replace it: `Services.build(..., anchor_ready=...)`."""
+    Used before the background probes have answered (`probed_anchor_readiness`)."""
     by_name = {a.name: a for a in anchors}
     cache: dict[str, tuple[float, Readiness]] = {}
 
@@ -77,6 +90,10 @@ def cached_anchor_readiness(anchors: Sequence[Anchor], ttl_s: float = ANCHOR_REA
         return result
 
     return anchor_ready
+
+# --- readiness probes (issue 12): timeouts of the background probes (api/probes.py) ---
+LOCAL_PROBE_TIMEOUT_S = 2.0
+FIRST_PROBES_WAIT_S = 3.0
 
 
 def _load_keys(config: BrokerConfig) -> tuple[Keyring, Keyring]:
@@ -118,6 +135,18 @@ def _start_evm_anchor(config: BrokerConfig) -> Anchor:
     return anchor.start(check=False)
 
 
+def _open_spill(config: BrokerConfig) -> Any:
+    """The spill, preallocated now so that it can be written on a full disk (ledger/spill.py)."""
+    from ledger.spill import CredentialSpill
+
+    path = config.spill_path or config.data_dir / "spill.journal"
+    try:
+        return CredentialSpill(path, config.spill_bytes)
+    except OSError as exc:
+        raise BootFailure("BROKER_SPILL_PATH", str(path), f"cannot preallocate the spill: {exc.strerror or exc}",
+                          "spill") from None
+
+
 @dataclass
 class Services:
     config: BrokerConfig
@@ -139,8 +168,9 @@ class Services:
     legacy: LegacyService | None = None
     scheduler: Any = None
     operator: Any = None  # api.operator.OperatorSurface
+    probes: ProbeRunner = field(default_factory=ProbeRunner)
+    spill: Any = None  # ledger.spill.CredentialSpill, preallocated at boot
     _started: bool = field(default=False, repr=False)
-    _sts_probe: tuple[float, Readiness] | None = field(default=None, repr=False)
 
     @classmethod
     def build(
@@ -185,8 +215,10 @@ class Services:
                 opened = list(anchors)
             pump = AnchorPump(ledger, opened)
             runner = ProjectionRunner(ledger, make_engine(config.projections_db), all_projections())
+            probes = ProbeRunner()  # configured below, once the checks exist; the gate reads it (never blocks)
             if gate is None:
-                gate = ReleaseGate(opened, config.required_anchors, config.anchor_deadline_ms, waiter=pump.waiter)
+                gate = ReleaseGate(opened, config.required_anchors, config.anchor_deadline_ms, waiter=pump.waiter,
+                                   readiness=probes)
             elif not isinstance(gate, ReleaseGate):
                 gate = gate(opened)
             release = ReleasePath(ledger=ledger, gate=gate)
@@ -201,7 +233,7 @@ class Services:
                                   clock=now)
             mint = MintService(
                 ledger=ledger, grants=grant_reads, minter=minter, release=release,
-                anchor_ready=anchor_ready or cached_anchor_readiness(opened),
+                anchor_ready=anchor_ready or probed_anchor_readiness(probes, cached_anchor_readiness(opened)),
                 grants_required=config.grants_required, max_skew_s=config.mint_max_skew_s,
                 duration_s=config.sts.duration_seconds,
                 mint_limiter=RateLimiter(config.mints_per_hour_per_omni, HOUR), audience=config.issuer, clock=now,
@@ -212,7 +244,9 @@ class Services:
                 oidc_keys=oidc_keys, session_keys=session_keys, signer=signer, gate=gate, wallet_auth=wallet_auth,
                 challenge_limiter=RateLimiter(config.challenges_per_hour_per_ip, HOUR),
                 failed_verify_limiter=RateLimiter(config.failed_verifies_per_hour_per_ip, HOUR),
+                probes=probes,
             )
+            probes.configure(services.readiness_probes())
             if config.legacy_bearer and config.backend_url:
                 services.legacy = LegacyService(
                     backend=legacy_backend or LegacyBackend(config.backend_url, config.backend_timeout_s),
@@ -220,9 +254,13 @@ class Services:
             from .operator import OperatorSurface
 
             services.operator = OperatorSurface.build(services)
+            services.spill = _open_spill(config)
             services.record_signing_keys()
             services.record_anchor_contracts()
         except BaseException:
+            spill = getattr(locals().get("services"), "spill", None)
+            if spill is not None:
+                spill.close()
             for anchor in opened:
                 close = getattr(anchor, "close", None)
                 if close is not None:
@@ -255,35 +293,92 @@ class Services:
     def start(self) -> None:
         if self._started:
             return
+        self.sweep_outcomes_at_startup()  # before any anchor pump starts (design §8 "Outcome sweep")
+        self.probes.start()
         self.pump.start()
         self.projections.catch_up("sessions")  # revocations are enforced from the first request on
         self.projections.start()
         self.scheduler = self._build_scheduler()
         if self.scheduler is not None:
             self.scheduler.start()
+        self.probes.wait_first(FIRST_PROBES_WAIT_S)  # not yet serving: a hanging probe reports unready after this
         self._started = True
+
+    def sweep_outcomes_at_startup(self) -> None:
+        """Record what the spill holds (ledger/spill.py), then give an outcome to every
+        authorization and `MintRequested` a previous process left without one
+        (ledger/services/outcome_sweep.py)."""
+        from ledger.services.outcome_sweep import startup_sweep
+
+        self.recover_spill()
+        try:
+            result = startup_sweep(self.ledger, required_positions=self.required_positions,
+                                   deadline_s=self.config.anchor_deadline_ms / 1000.0, role_arn_for=self.role_arn_for)
+        except Exception:  # e.g. the ledger refuses writes: serve anyway, the periodic sweep retries
+            log.exception("start-up outcome sweep failed; the periodic sweep will settle the open records")
+            return
+        if result.written:
+            log.warning("start-up outcome sweep: %s", result.summary())
+
+    def recover_spill(self) -> list[str]:
+        """Spilled credentials become `MintUnreleased{ledger_write_failed}` once the ledger takes
+        writes (at start-up and on the outcome-sweep period). A ledger still failing: retried later."""
+        from ledger.spill import recover
+
+        if self.spill is None:
+            return []
+        try:
+            recorded = recover(self.ledger, self.spill)
+        except Exception as exc:  # the ledger still refuses: the entries stay in the spill
+            log.error("spill recovery failed (retried on the next sweep): %s", exc)
+            return []
+        if recorded:
+            log.warning("recorded %d spilled credential(s) as MintUnreleased: %s", len(recorded), recorded)
+        return recorded
+
+    def ledger_low_on_space(self) -> bool:
+        """True below `BROKER_MIN_FREE_BYTES` free on the ledger's disk: the mint use case refuses
+        before STS (503 `unavailable`, `ledger_low_space`). A local statvfs: fine on the loop."""
+        from ledger.spill import low_on_space
+
+        return low_on_space(self.config.ledger_db, self.config.min_free_bytes)
+
+    def required_positions(self) -> dict[str, int]:
+        """`confirmed_upto()` of every anchor the policy requires (local reads only)."""
+        return {a.name: a.confirmed_upto() for a in self.anchors if a.name in self.config.required_anchors}
+
+    def role_arn_for(self, service: str) -> str:
+        """The role a mint of `service` assumes (for `MintUnreleased.role_arn`), "" when unknown."""
+        return str(getattr(self.config.sts, "role_arn", "") or "")  # one role today (api/sts_config.py)
 
     def async_anchor_names(self) -> list[str]:
         """Anchors the policy does not wait for (they confirm after the release)."""
         return [a.name for a in self.anchors if a.name not in self.config.required_anchors]
 
     def _build_scheduler(self):  # noqa: ANN202
-        """Background jobs under leases: quarantine detection when some anchor is asynchronous."""
-        from workers.jobs import quarantine
+        """Background jobs under leases, under every policy: the periodic outcome sweep; quarantine
+        detection when some anchor is asynchronous."""
+        from workers.jobs import outcome_sweep, quarantine
         from workers.leases import Leases
         from workers.scheduler import Job, build_scheduler
 
+        sts_timeout = float(getattr(self.config.sts, "timeout_seconds", 5) or 5)
+        jobs = [outcome_sweep.job(ledger=self.ledger, required_positions=self.required_positions,
+                                  deadline_s=self.config.anchor_deadline_ms / 1000.0,
+                                  interval_s=self.config.job_outcome_sweep_s, now=time.time,
+                                  role_arn_for=self.role_arn_for, request_margin_s=2 * sts_timeout)]
+        jobs.append(Job("spill-recover", self.config.job_outcome_sweep_s, self.recover_spill))
         async_names = self.async_anchor_names()
-        if not async_names:
-            return None
-        async_anchors = [(a.name, a.confirmed_upto) for a in self.anchors if a.name in async_names]
-        job = Job("quarantine-detect", 15.0, lambda: quarantine.run(
-            ledger=self.ledger, async_anchors=async_anchors, deadline_s=self.config.evm_confirm_deadline_s,
-            now=time.time))
-        reanchor = Job("quarantine-reanchor", 5.0, self.operator.close_reanchored)
-        return build_scheduler([job, reanchor], Leases(self.config.data_dir / "leases.sqlite"))
+        if async_names:
+            async_anchors = [(a.name, a.confirmed_upto) for a in self.anchors if a.name in async_names]
+            jobs.append(Job("quarantine-detect", 15.0, lambda: quarantine.run(
+                ledger=self.ledger, async_anchors=async_anchors, deadline_s=self.config.evm_confirm_deadline_s,
+                now=time.time)))
+        jobs.append(Job("quarantine-reanchor", 5.0, self.operator.close_reanchored))
+        return build_scheduler(jobs, Leases(self.config.data_dir / "leases.sqlite"))
 
     def stop(self) -> None:
+        self.probes.stop()
         try:
             if self.scheduler is not None and self.scheduler.running:
                 self.scheduler.shutdown(wait=False)
@@ -300,6 +395,8 @@ class Services:
                         except Exception:  # pragma: no cover - best effort on the way out
                             log.exception("closing anchor %s", anchor.name)
                 self.ledger.close()
+                if self.spill is not None:
+                    self.spill.close()
                 self._started = False
 
     def anchor(self, name: str) -> Anchor | None:
@@ -328,36 +425,69 @@ class Services:
     def count_failed_verify(self, key: str) -> None:
         self.failed_verify_limiter.check(key)
 
-    # --- readiness ---------------------------------------------------------------------------
+    # --- readiness (background probes: api/probes.py; issue 12) -------------------------------
 
     def _sts_ready(self) -> Readiness:
-        """GetCallerIdentity, at most every STS_PROBE_TTL_S (protects STS from probe storms)."""
-        now = time.monotonic()
-        cached = self._sts_probe
-        if cached is not None and now - cached[0] < STS_PROBE_TTL_S:
-            return cached[1]
+        """GetCallerIdentity, one attempt (the probe runs every <= 10 s in the background)."""
+        probe = getattr(self.minter, "probe_identity", None) or self.minter.check_identity
         try:
-            arn = self.minter.check_identity()
-            result = Readiness("ready", f"sts: {arn}")
+            arn = probe()
+            return Readiness("ready", f"sts: {arn}")
         except StsError as exc:
-            result = Readiness("unready", f"STS GetCallerIdentity failed: {exc.code}: {exc.message}")
-        self._sts_probe = (now, result)
-        return result
+            return Readiness("unready", f"STS GetCallerIdentity failed: {exc.code}: {exc.message}")
 
     def readiness_checks(self) -> list[Check]:
+        """Every `/readyz` check with whether the policy requires it (the probe functions run in the
+        background only: never call them on a request path)."""
+        required_anchors = set(self.config.required_anchors)
         checks = [Check("ledger", self.ledger.ready), Check("sts", self._sts_ready)]
         for anchor in self.anchors:
-            checks.append(Check(f"anchor/{anchor.name}", anchor.ready))
+            required = anchor.name in required_anchors  # under *_primary the asynchronous anchor is not
+            checks.append(Check(f"anchor/{anchor.name}", anchor.ready, required=required))
             extra = getattr(anchor, "readiness_checks", None)
             if extra is not None:
                 for name in ("evm/chain_id", "evm/fee_payer"):
-                    checks.append(Check(name, lambda n=name, f=extra: f()[n]))
+                    checks.append(Check(name, lambda n=name, f=extra: f()[n], required=required))
         checks.append(Check("keys/session", lambda: self._keys_ready(self.session_keys, "session")))
         checks.append(Check("keys/oidc", lambda: self._keys_ready(self.oidc_keys, "oidc")))
         for method in self.config.auth_methods:
             checks.append(Check(f"auth/{method}", self.ledger.ready))
         checks.append(Check("projections", self._projections_ready, required=False))
         return checks
+
+    def readiness_probes(self) -> list[Probe]:
+        """The background probes behind `readiness_checks()`: the EVM anchor's three checks share one
+        RPC round; STS runs every min(10, 5 x interval) seconds; each has its own timeout."""
+        interval = self.config.readiness_probe_interval_s
+        probes: list[Probe] = []
+        for anchor in self.anchors:
+            extra = getattr(anchor, "readiness_checks", None)
+            if extra is not None:
+                evm_timeout = float(getattr(getattr(anchor, "config", None), "rpc_timeout_s", 5.0)) * 2 + 1
+                probes.append(Probe((f"anchor/{anchor.name}", "evm/chain_id", "evm/fee_payer"),
+                                    lambda f=extra, n=anchor.name: {
+                                        (f"anchor/{n}" if k == "anchor/evm" else k): v for k, v in f().items()},
+                                    interval, evm_timeout))
+        grouped = {name for p in probes for name in p.names}
+        sts_timeout = float(getattr(self.config.sts, "timeout_seconds", 5) or 5) + 1
+        for check in self.readiness_checks():
+            if check.name in grouped:
+                continue
+            if check.name == "sts":
+                probes.append(Probe.single("sts", check.run, interval_s=sts_interval(interval), timeout_s=sts_timeout))
+            else:
+                probes.append(Probe.single(check.name, check.run, interval_s=interval, timeout_s=LOCAL_PROBE_TIMEOUT_S))
+        return probes
+
+    def readiness_report(self) -> tuple[int, dict]:
+        """`/readyz` from the latest probe results: reads memory only, never a dependency."""
+        required = {c.name: c.required for c in self.readiness_checks()}
+        return evaluate(self.probes.snapshot(), lambda n: required.get(n, True))
+
+    def latest_readiness(self, check: str) -> Readiness | None:
+        """Non-blocking "latest readiness of check X" for use cases (e.g. `anchor/evm` before a
+        mint): the last background probe result, None while unknown. Same as `probes.latest`."""
+        return self.probes.latest(check)
 
     def _keys_ready(self, keyring: Keyring, purpose: str) -> Readiness:
         """The key file on disk still loads with the same active key (a deleted, re-permissioned

@@ -23,6 +23,7 @@ class ReadinessBody(msgspec.Struct):
     degraded: bool
     checks: list[ReadinessCheck]
     ready: list[str]
+    age_ms: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class AnchorPosition(msgspec.Struct):

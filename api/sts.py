@@ -2,8 +2,10 @@
 
 One `AssumeRole` per mint, on the configured role (`api/sts_config.py`), with:
 
-- `RoleSessionName` by the seed rule (seed-spec B.3): `agentkeys-<safe wallet>-<unix secs>-<micros>`,
-  at most 64 characters;
+- `RoleSessionName` = `agentkeys-<40 hex of the wallet>-<seq of MintRequested>` (design §8 "STS",
+  `ledger.ports.sts_session_name`), known before the call so the ledger names every AssumeRole
+  before it is made (a request without `requested_seq` falls back to the seed rule, seed-spec B.3:
+  `agentkeys-<safe wallet>-<unix secs>-<micros>`), at most 64 characters;
 - `DurationSeconds` from the request (0: `BROKER_SESSION_DURATION_SECONDS`), always in [900, 43200];
 - session `Tags` `omni_account`, `agent_id`, `service` (values made valid AWS tag values), none
   transitive; the role's trust policy must allow `sts:TagSession`;
@@ -17,10 +19,18 @@ Port types (`AssumeRoleRequest`, `IssuedCredentials`, `StsError`, `CredentialMin
 and also a `ValueError`, so a caller may answer it with 400 (a client error) before catching
 `StsError` (502).
 
-The client is created once and shared (botocore clients are thread-safe; sessions are not, so the
-session is used only here). Timeouts and attempts are bounded by `BROKER_STS_TIMEOUT_SECONDS` and
-`BROKER_STS_MAX_ATTEMPTS`. Every SDK failure becomes `StsError(code, message)`: the AWS error code and
-a message fit for a client (ARNs, account ids and access key ids redacted); the full error is logged.
+Two clients, created once and shared (botocore clients are thread-safe; sessions are not, so the
+session is used only here), both bounded by `BROKER_STS_TIMEOUT_SECONDS`:
+
+- `client`: AssumeRole and the readiness probe's GetCallerIdentity, with botocore
+  `total_max_attempts=1` (one attempt, no automatic retry: a retried AssumeRole would issue a
+  credential the ledger never names; note that `max_attempts=1` would mean two attempts);
+- `startup_client`: the start-up GetCallerIdentity check only, with `BROKER_STS_MAX_ATTEMPTS`.
+
+Every SDK failure becomes `StsError(code, message, outcome_unknown=...)`: the AWS error code and a
+message fit for a client (ARNs, account ids and access key ids redacted); the full error is logged.
+`outcome_unknown` is True when the request may have reached STS (read timeout, connection dropped
+after sending): the caller then records `MintUnreleased{sts_outcome_unknown}`.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from botocore.exceptions import (
     ClientError,
     ConnectionError as BotoConnectionError,
     ConnectTimeoutError,
+    EndpointConnectionError,
     HTTPClientError,
     NoCredentialsError,
     NoRegionError,
@@ -46,7 +57,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from ledger.ports import AssumeRoleRequest, CredentialMinter, IssuedCredentials, StsError
+from ledger.ports import AssumeRoleRequest, CredentialMinter, IssuedCredentials, StsError, sts_session_name
 
 from .session_policy import ScopeError
 from .sts_config import DURATION_MAX, DURATION_MIN, StsSettings
@@ -126,11 +137,14 @@ def to_sts_error(exc: Exception) -> StsError:
         message = safe_message(str(err.get("Message") or f"STS returned HTTP {status}"))
         return StsError(re.sub(r"[^A-Za-z0-9_.-]", "_", code)[:64], message)
     if isinstance(exc, ReadTimeoutError):
-        return StsError("ReadTimeout", "timed out waiting for the STS response")
+        return StsError("ReadTimeout", "timed out waiting for the STS response", outcome_unknown=True)
     if isinstance(exc, ConnectTimeoutError):
         return StsError("ConnectTimeout", "timed out connecting to the STS endpoint")
-    if isinstance(exc, (BotoConnectionError, HTTPClientError)):
+    if isinstance(exc, EndpointConnectionError):
         return StsError("EndpointUnreachable", "could not connect to the STS endpoint")
+    if isinstance(exc, (BotoConnectionError, HTTPClientError)):
+        # connected, then lost (reset, closed mid-response): the request may have been served
+        return StsError("EndpointUnreachable", "the connection to the STS endpoint failed", outcome_unknown=True)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return StsError("NoCredentials", "the broker has no usable AWS credentials to call STS with")
     if isinstance(exc, NoRegionError):
@@ -144,13 +158,14 @@ def to_sts_error(exc: Exception) -> StsError:
 # The adapter
 
 
-def client_config(settings: StsSettings) -> Config:
-    """Bounded timeouts and attempts; `total_max_attempts` counts the first attempt too."""
+def client_config(settings: StsSettings, *, attempts: int | None = None) -> Config:
+    """Bounded timeouts and attempts; `total_max_attempts` counts the first attempt too (1: no
+    retry at all). `attempts` None: `BROKER_STS_MAX_ATTEMPTS` (the start-up check only)."""
     return Config(
         region_name=settings.region,
         connect_timeout=settings.timeout_seconds,
         read_timeout=settings.timeout_seconds,
-        retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
+        retries={"total_max_attempts": settings.max_attempts if attempts is None else attempts, "mode": "standard"},
         user_agent_extra="agentkeys-broker",
     )
 
@@ -166,12 +181,25 @@ class BotoStsMinter:
             aws_secret_access_key=settings.secret_access_key,
             region_name=settings.region,
         )
-        self._client = session.client("sts", endpoint_url=settings.endpoint_url, config=client_config(settings))
+        self._client = session.client("sts", endpoint_url=settings.endpoint_url,
+                                      config=client_config(settings, attempts=1))
+        self._startup_client = session.client("sts", endpoint_url=settings.endpoint_url,
+                                              config=client_config(settings))
 
     @property
     def client(self) -> Any:
-        """The boto3 STS client (tests hook its `meta.events`)."""
+        """The single-attempt boto3 STS client of AssumeRole and the probe (tests hook its `meta.events`)."""
         return self._client
+
+    @property
+    def role_arn(self) -> str:
+        """The role every AssumeRole assumes (for records naming a call whose answer was lost)."""
+        return str(self.settings.role_arn)
+
+    @property
+    def startup_client(self) -> Any:
+        """The client of the start-up GetCallerIdentity check (`BROKER_STS_MAX_ATTEMPTS` attempts)."""
+        return self._startup_client
 
     def request_params(self, request: AssumeRoleRequest) -> dict[str, Any]:
         """The exact `AssumeRole` parameters for `request` (`duration_seconds` 0 means the configured
@@ -183,7 +211,8 @@ class BotoStsMinter:
         policy = self.settings.policy_templates.render(request.service, request.scope_path)
         params: dict[str, Any] = {
             "RoleArn": self.settings.role_arn,
-            "RoleSessionName": session_name(request.wallet, self._clock_ns()),
+            "RoleSessionName": (sts_session_name(request.wallet, request.requested_seq) if request.requested_seq > 0
+                                else session_name(request.wallet, self._clock_ns())),
             "DurationSeconds": duration,
             "Tags": [{"Key": k, "Value": v} for k, v in session_tags(request)],
         }
@@ -217,8 +246,17 @@ class BotoStsMinter:
         )
 
     def check_identity(self) -> str:
+        """GetCallerIdentity with up to `BROKER_STS_MAX_ATTEMPTS` attempts (the start-up check)."""
+        return self._caller_arn(self._startup_client)
+
+    def probe_identity(self) -> str:
+        """GetCallerIdentity, one attempt (the background readiness probe)."""
+        return self._caller_arn(self._client)
+
+    @staticmethod
+    def _caller_arn(client: Any) -> str:
         try:
-            return str(self._client.get_caller_identity()["Arn"])
+            return str(client.get_caller_identity()["Arn"])
         except (ClientError, BotoCoreError) as exc:
             error = to_sts_error(exc)
             log.warning("sts GetCallerIdentity failed: %s: %r", error.code, exc)

@@ -26,9 +26,11 @@ from .events import (
     MintDenied,
     MintQuarantined,
     MintRequested,
+    MintUnreleased,
     MintWithheld,
     QuarantineResolved,
     RoleSessionsRevoked,
+    ReleaseUnconfirmed,
     SessionIssued,
     SessionWithheld,
     SigningKeyRotated,
@@ -124,6 +126,7 @@ class AuthChallenge(Aggregate):
         self.outcome: AuthSucceeded | AuthFailed | None = None
         self.session: SessionIssued | None = None
         self.withheld: SessionWithheld | None = None
+        self.unconfirmed: ReleaseUnconfirmed | None = None
 
     @staticmethod
     def stream_for(request_id: str) -> uuid.UUID:
@@ -144,6 +147,9 @@ class AuthChallenge(Aggregate):
 
     def when_SessionWithheld(self, event: SessionWithheld) -> None:
         self.withheld = event
+
+    def when_ReleaseUnconfirmed(self, event: ReleaseUnconfirmed) -> None:
+        self.unconfirmed = event
 
     def issue(self, event: AuthChallengeIssued) -> list[Event]:
         if self.version != 0:
@@ -253,7 +259,8 @@ class Grant(Aggregate):
 
 class MintRequest(Aggregate):
     """One mint request (stream key `wallet:request_id`): admitted once (`MintRequested` at
-    version 1 spends the request id), then authorized, then possibly withheld."""
+    version 1 spends the request id), then authorized (or denied, or unreleased), then possibly
+    withheld or marked `ReleaseUnconfirmed` by the outcome sweep."""
 
     kind = "mint-request"
 
@@ -263,6 +270,8 @@ class MintRequest(Aggregate):
         self.authorized: MintAuthorized | None = None
         self.withheld: MintWithheld | None = None
         self.denied: MintDenied | None = None
+        self.unreleased: MintUnreleased | None = None
+        self.unconfirmed: ReleaseUnconfirmed | None = None
 
     @staticmethod
     def stream_for(wallet: str, request_id: str) -> uuid.UUID:
@@ -279,6 +288,12 @@ class MintRequest(Aggregate):
 
     def when_MintDenied(self, event: MintDenied) -> None:
         self.denied = event
+
+    def when_MintUnreleased(self, event: MintUnreleased) -> None:
+        self.unreleased = event
+
+    def when_ReleaseUnconfirmed(self, event: ReleaseUnconfirmed) -> None:
+        self.unconfirmed = event
 
 
 class CaseRefused(LedgerError):

@@ -380,3 +380,34 @@ class RoleSessionsRevoked(Event, frozen=True, kw_only=True):
     not_before: str
     case_id: str
     operator: str
+
+
+# --- Accounting: outcomes of interrupted work (design §3a "Accounting", §8 "Outcome sweep") -----
+
+class MintUnreleased(Event, frozen=True, kw_only=True):
+    """An AssumeRole whose credential never became a `MintAuthorized`: STS may have issued it (its
+    response was lost, or the broker stopped while waiting) — `sts_outcome_unknown` — or it did and
+    the ledger could not record it — `ledger_write_failed`. `sts_session_name` (derived from
+    `requested_seq`, the seq of the `MintRequested` record) finds the session in CloudTrail; the
+    access key id and expiration are known only in the second case. Never the secret. Written on the
+    request's `MintRequest` stream, so at most once per request."""
+
+    request_id: str
+    wallet: str
+    requested_seq: int
+    sts_session_name: str
+    role_arn: str
+    access_key_id: str | None
+    expiration: int | None
+    reason: Literal["sts_outcome_unknown", "ledger_write_failed"]
+    detail: str
+
+
+class ReleaseUnconfirmed(Event, frozen=True, kw_only=True):
+    """An authorization (the record at `authorized_seq`: `MintAuthorized`, `SessionIssued`, or an
+    OIDC token) that its required anchors confirmed but whose process stopped before recording
+    anything else: it may have been delivered. Written by the start-up outcome sweep on the
+    authorization's own stream."""
+
+    authorized_seq: int
+    kind: Literal["mint", "session", "oidc_token"]

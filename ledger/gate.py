@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from .anchoring import ConfirmationWaiter, default_waiter
-from .ports import Anchor
+from .ports import Anchor, ReadinessView
 
 READY_TTL_S = 1.0
 
@@ -35,6 +35,7 @@ class ReleaseGate:
         deadline_ms: int,
         *,
         waiter: ConfirmationWaiter | None = None,
+        readiness: ReadinessView | None = None,
     ) -> None:
         by_name = {a.name: a for a in anchors}
         unknown = [n for n in required if n not in by_name]
@@ -46,12 +47,24 @@ class ReleaseGate:
         self.required = [by_name[n] for n in required]
         self.deadline_s = deadline_ms / 1000.0
         self.waiter = waiter or default_waiter()
+        self.readiness = readiness
         self._ready_cache: dict[str, tuple[float, bool]] = {}
         self.observers: list[Callable[[GateResult, float], None]] = []
 
     def unready_required(self) -> list[str]:
-        """Required anchors whose `ready()` says unready now (cached READY_TTL_S per anchor), so a
-        release that cannot be confirmed is refused before any work (and before STS is called)."""
+        """Required anchors that are unready now, so a release that cannot be confirmed is refused
+        before any work (and before STS is called).
+
+        With a `readiness` view (every serving process has one: api/probes.py) this reads the
+        latest background probe result of `anchor/<name>` and never blocks. Without one (unit tests,
+        offline tools) it calls `anchor.ready()` itself, cached READY_TTL_S per anchor."""
+        if self.readiness is not None:
+            out = []
+            for anchor in self.required:
+                latest = self.readiness.latest(f"anchor/{anchor.name}")
+                if latest is not None and not latest.ok:
+                    out.append(anchor.name)
+            return out
         now = time.monotonic()
         out = []
         for anchor in self.required:

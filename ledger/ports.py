@@ -54,9 +54,40 @@ class Anchor(Protocol):
     def verify(self, seq: int, hash: str) -> bool: ...
 
 
+@runtime_checkable
+class ReadinessView(Protocol):
+    """The latest result of each background readiness probe (api/probes.py), read without blocking:
+    nothing on a request path calls a dependency to learn whether it is up (design §8 "Never
+    blocking"). `latest(check)` is None when `check` is not probed (or not yet configured)."""
+
+    def latest(self, check: str) -> Readiness | None: ...
+
+
+STS_SESSION_NAME_MAX = 64
+
+
+def sts_session_name(wallet: str, requested_seq: int) -> str:
+    """`agentkeys-<40 hex of the wallet>-<seq of MintRequested>` (design §8 "STS"): known before
+    AssumeRole is called, so a credential whose response was lost is matched to its ledger record
+    (CloudTrail, moto's `/moto-api/data.json`). 10 + 40 + 1 characters leave 13 digits for the seq
+    (up to 10^13 - 1); a longer name is refused rather than truncated (it would stop being unique)."""
+    hexpart = wallet.strip().lower().removeprefix("0x")
+    hexpart = "".join(c for c in hexpart if c in "0123456789abcdef")[:40]
+    if requested_seq < 1:
+        raise ValueError("requested_seq must be the seq of the MintRequested record (>= 1)")
+    name = f"agentkeys-{hexpart}-{requested_seq}"
+    if len(name) > STS_SESSION_NAME_MAX:
+        raise ValueError(f"STS session name for seq {requested_seq} exceeds {STS_SESSION_NAME_MAX} characters")
+    return name
+
+
 @dataclass(frozen=True, slots=True)
 class AssumeRoleRequest:
-    """What the broker asks STS for, after the ledger admitted the mint (`MintRequested`)."""
+    """What the broker asks STS for, after the ledger admitted the mint (`MintRequested`).
+
+    `requested_seq` is the seq of that `MintRequested` record: the STS session name is derived from
+    it (`session_name`), so the ledger names every AssumeRole before it is made. 0 only for callers
+    that predate it (the adapter then falls back to the seed's time-based name)."""
 
     wallet: str
     omni_account: str
@@ -64,6 +95,11 @@ class AssumeRoleRequest:
     service: str
     scope_path: str
     duration_seconds: int
+    requested_seq: int = 0
+
+    @property
+    def session_name(self) -> str | None:
+        return sts_session_name(self.wallet, self.requested_seq) if self.requested_seq > 0 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +117,18 @@ class IssuedCredentials:
 
 class StsError(Exception):
     """STS refused or could not be reached. `code` is the AWS error code (or `Unreachable`,
-    `Timeout`, `InvalidRequest`); the message is safe to return to a client (no secrets)."""
+    `Timeout`, `InvalidRequest`); the message is safe to return to a client (no secrets).
 
-    def __init__(self, code: str, message: str) -> None:
+    `outcome_unknown` is True when the request may have reached STS and its answer was lost (a
+    read timeout, a connection dropped after sending): STS may have issued a credential under the
+    request's session name, so the caller records `MintUnreleased{sts_outcome_unknown}`, not a
+    denial."""
+
+    def __init__(self, code: str, message: str, *, outcome_unknown: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.outcome_unknown = outcome_unknown
 
 
 @runtime_checkable

@@ -43,7 +43,8 @@ from ..app import Ledger
 from ..canonical import canonical_bytes
 from ..chain import ChainRecord
 from ..errors import ConcurrencyConflict
-from ..events import GrantCreated, MintAuthorized, MintDenialReason, MintDenied, MintRequested, MintWithheld
+from ..events import (GrantCreated, MintAuthorized, MintDenialReason, MintDenied, MintRequested, MintUnreleased,
+                      MintWithheld)
 from ..identity import evm_omni_account
 from ..ports import AnchorReadiness, AssumeRoleRequest, Clock, CredentialMinter, GrantLookup, RateLimit, StsError
 from ..scopes import ScopeError
@@ -86,6 +87,14 @@ class MintResult:
 
     def __repr__(self) -> str:  # never the secret in logs
         return f"MintResult(access_key_id={self.access_key_id!r}, seq={self.seq})"
+
+
+class Unreleased(Refusal):
+    """STS may have issued a credential that was never released: recorded as `MintUnreleased`
+    (not a denial); the caller sees `sts_error`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("sts_error", message)
 
 
 class MintRefused(Refusal):
@@ -224,8 +233,8 @@ class MintService:
         """Every refusal raised inside is recorded as exactly one `MintDenied`."""
         try:
             yield
-        except Withheld:
-            raise  # an outcome, not a denial: the release path recorded `MintWithheld`
+        except (Withheld, Unreleased):
+            raise  # an outcome, not a denial: `MintWithheld` / `MintUnreleased` is already recorded
         except Refusal as refusal:
             if refusal.reason == "contended":
                 raise  # lost ten races in a row: nothing was decided about this request; retry
@@ -257,18 +266,27 @@ class MintService:
     async def _admit_and_release(self, ctx: _Ctx, digest: str, *, audit_id: str) -> MintResult:
         """Admission, STS, then the release path: shared by both entry points."""
         intent = ctx.intent
-        requested, grant = await self._admit(ctx, digest)
+        requested, grant, requested_seq = await self._admit(ctx, digest)
         ctx.grant_id = requested.grant_id
         request = AssumeRoleRequest(
             wallet=ctx.wallet, omni_account=grant.master_omni_account if grant else ctx.omni_account,
             agent_id=intent.agent_id, service=intent.service, scope_path=intent.scope_path,
-            duration_seconds=self.duration_s,
+            duration_seconds=self.duration_s, requested_seq=requested_seq,
         )
         try:
             creds = await asyncio.to_thread(self.minter.assume_role, request)
         except ScopeError as exc:
             raise Refusal("invalid_scope", exc.message) from None
         except StsError as exc:
+            if exc.outcome_unknown and request.session_name:
+                # STS may have issued a credential (a timeout, a connection dropped after sending):
+                # the record names its session, so it can be found in CloudTrail (design §3a)
+                await self.ledger.append_async(MintRequest.stream_for(ctx.wallet, intent.request_id), 1, [MintUnreleased(
+                    request_id=intent.request_id, wallet=ctx.wallet, requested_seq=requested_seq,
+                    sts_session_name=request.session_name, role_arn=str(getattr(self.minter, "role_arn", "") or ""),
+                    access_key_id=None, expiration=None, reason="sts_outcome_unknown",
+                    detail=f"{exc.code}: {exc.message}"[:500])])
+                raise Unreleased(f"{exc.code}: {exc.message}"[:588]) from None
             raise Refusal("sts_error", f"{exc.code}: {exc.message}"[:588]) from None
 
         authorized = MintAuthorized(
@@ -297,7 +315,7 @@ class MintService:
             anchored=released.anchored,
         )
 
-    async def _admit(self, ctx: _Ctx, digest: str) -> tuple[MintRequested, GrantCreated | None]:
+    async def _admit(self, ctx: _Ctx, digest: str) -> tuple[MintRequested, GrantCreated | None, int]:
         intent = ctx.intent
         stream = MintRequest.stream_for(ctx.wallet, intent.request_id)
         for _ in range(10):
@@ -321,8 +339,8 @@ class MintService:
                 parts.append((grant_agg.stream, grant_agg.version, used))
             parts.append((stream, 0, [requested]))
             try:
-                await self.ledger.append_many_async(parts)
-                return requested, grant
+                records = await self.ledger.append_many_async(parts)
+                return requested, grant, records[-1].seq  # the MintRequested record names the STS session
             except ConcurrencyConflict as exc:
                 if exc.stream == stream:
                     raise Refusal("request_replayed", "request_id already used") from None

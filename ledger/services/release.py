@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence
 
@@ -35,6 +36,12 @@ log = logging.getLogger("agentkeys.release")
 
 # (stream, expected version, events) of the `*Withheld` append
 WithheldAppend = tuple[uuid.UUID, int, Sequence[Event]]
+
+
+def _log_failed_withheld(future: "Future[object]") -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.error("could not record the cancelled outcome (the outcome sweep will): %s", exc)
 
 
 class Withheld(Refusal):
@@ -96,8 +103,8 @@ class ReleasePath:
             log.error("could not record the withheld outcome on %s: the stream moved", stream)
 
     def _append_withheld_now(self, append: WithheldAppend) -> None:
+        """Queued, not awaited: a cancelled task must not block the event loop on the commit; if
+        the process dies first, the start-up outcome sweep records `*Withheld{interrupted}`."""
         stream, version, events = append
-        try:
-            self.ledger.append(stream, version, list(events))
-        except ConcurrencyConflict:  # pragma: no cover
-            log.error("could not record the cancelled outcome on %s: the stream moved", stream)
+        future = self.ledger.submit(stream, version, list(events))
+        future.add_done_callback(_log_failed_withheld)

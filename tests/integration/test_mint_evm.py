@@ -102,8 +102,9 @@ def test_drained_fee_payer_is_503_and_readyz_unready(tmp_path: Path, dev_aws, ch
         evm = next(a for a in server.services.anchors if a.name == "evm")
         w3 = Web3(Web3.HTTPProvider(chain["rpc_url"]))
         w3.provider.make_request("anvil_setBalance", [evm.fee_payer_address, "0x0"])
-        time.sleep(1.2)  # readiness caches for 1 s
-        ready = httpx.get(server.url + "/readyz")
+        deadline = time.monotonic() + 15  # probed in the background (every 2 s by default)
+        while (ready := httpx.get(server.url + "/readyz")).status_code != 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert ready.status_code == 503
         [fee] = [c for c in ready.json()["checks"] if c["name"] == "evm/fee_payer"]
         assert "BROKER_EVM_FEE_PAYER_MIN_BALANCE" in fee["reason"]

@@ -10,11 +10,14 @@ drifted between its former copies (issue 8).
 from __future__ import annotations
 
 import os
+import time
 import threading
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+
+from ledger.ports import Readiness
 import pytest
 
 from tests.integration.test_legacy_bearer import WALLET, _Backend
@@ -84,6 +87,10 @@ def test_cut_off_legacy_exchange_records_session_withheld(tmp_path: Path) -> Non
 
     try:
         asyncio.run(cut_off())
+        # the outcome is queued on the writer (a cancelled task must not block the loop on a commit)
+        deadline = time.monotonic() + 10
+        while ledger.read(0, 100)[-1].type != "SessionWithheld" and time.monotonic() < deadline:
+            time.sleep(0.01)
         records = ledger.read(0, 100)
     finally:
         ledger.close()
@@ -121,6 +128,10 @@ def test_mint_while_the_required_anchor_is_unready_is_refused_before_sts_and_rec
             if p.exists():
                 os.replace(p, Path(str(p) + ".moved"))
         anchor_db.mkdir()
+        deadline = time.monotonic() + 15  # the background probe notices (api/probes.py); mints read its result
+        while (server.services.latest_readiness("anchor/sqlite") or Readiness("ready")).ok:
+            assert time.monotonic() < deadline, "the anchor probe never reported the anchor unready"
+            time.sleep(0.05)
         body = signed_mint_body(daemon)
         r = broker.mint(daemon_jwt, body)
         assert r.status_code == 503, r.text

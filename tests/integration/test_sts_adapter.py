@@ -206,8 +206,19 @@ def test_silent_endpoint_times_out_within_the_bound() -> None:
         with pytest.raises(StsError) as info:
             m.assume_role(request())
         elapsed = time.monotonic() - started
-    assert info.value.code == "ReadTimeout"
-    assert 1.9 <= elapsed < 5  # 2 attempts x 1 s read timeout + <= 1 s backoff
+        assert info.value.code == "ReadTimeout" and info.value.outcome_unknown  # it may have been served
+        assert 0.9 <= elapsed < 1.9  # AssumeRole: one attempt, never retried, whatever max_attempts says
+        started = time.monotonic()
+        with pytest.raises(StsError):
+            m.check_identity()  # the start-up check: BROKER_STS_MAX_ATTEMPTS (2) attempts
+        assert 1.9 <= time.monotonic() - started < 5  # 2 attempts x 1 s read timeout + <= 1 s backoff
+
+
+def test_refused_connection_is_a_known_outcome() -> None:
+    m = dead_minter("http://127.0.0.1:1", timeout=1, attempts=1)
+    with pytest.raises(StsError) as info:
+        m.assume_role(request())
+    assert info.value.code == "EndpointUnreachable" and not info.value.outcome_unknown  # nothing was sent
 
 
 def test_aws_error_keeps_code_and_redacts(dev_aws: dict[str, Any], moto_server: MotoServer) -> None:

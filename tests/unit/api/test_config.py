@@ -106,6 +106,10 @@ def test_runbook_configuration_table_is_generated_from_the_settings() -> None:
         ({"BROKER_SIWE_CHAIN_IDS": "84532,abc"}, "siwe-chain-ids", "not a positive integer"),
         ({"BROKER_TRUSTED_PROXIES": "10.0.0.0/8,nope"}, "trusted-proxies", "not an IP address"),
         ({"BROKER_ANCHOR_DEADLINE_MS": "50"}, "anchor-deadline", "[100, 120000]"),
+        ({"BROKER_READINESS_PROBE_INTERVAL_SECONDS": "0"}, "readiness-probes", "a number in [0.05, 60]"),
+        ({"BROKER_READINESS_PROBE_INTERVAL_SECONDS": "nan"}, "readiness-probes", "a number in [0.05, 60]"),
+        ({"BROKER_JOB_OUTCOME_SWEEP_SECONDS": "soon"}, "outcome-sweep", "a number in [0.1, 3600]"),
+        ({"BROKER_SPILL_BYTES": "100"}, "spill", "[4096, 1073741824]"),
     ],
 )
 def test_seed_boot_failures(tmp_path: Path, env: dict, anchor: str, fragment: str) -> None:
@@ -129,3 +133,9 @@ def test_same_file_for_both_keypairs_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BootFailure, match="session-keypair"):
         BrokerConfig.from_env({**ISSUER, "BROKER_DATA_DIR": str(tmp_path), "BROKER_OIDC_KEYPAIR_PATH": "/k.json",
                                "BROKER_SESSION_KEYPAIR_PATH": "/k.json"})
+
+
+def test_issue_12_defaults(tmp_path: Path) -> None:
+    c = BrokerConfig.from_env({**ISSUER, "BROKER_DATA_DIR": str(tmp_path)})
+    assert (c.readiness_probe_interval_s, c.job_outcome_sweep_s) == (2.0, 30.0)
+    assert (c.spill_path, c.spill_bytes, c.min_free_bytes) == (tmp_path / "spill.journal", 1 << 20, 64 << 20)

@@ -34,6 +34,7 @@ from api.sts import (
     to_sts_error,
 )
 from api.sts_config import StsSettings
+from ledger.ports import sts_session_name
 
 WALLET = "0xAbC0000000000000000000000000000000000001"
 NOW_NS = 1_764_392_400_123_456_789  # 2025-11-29T05:00:00.123456789Z
@@ -177,9 +178,30 @@ def test_bad_scope_fails_before_any_call() -> None:
 
 
 def test_client_config_is_bounded() -> None:
-    cfg = minter(timeout_seconds=2, max_attempts=4).client.meta.config
+    m = minter(timeout_seconds=2, max_attempts=4)
+    cfg = m.startup_client.meta.config
     assert (cfg.connect_timeout, cfg.read_timeout, cfg.region_name) == (2, 2, "us-east-1")
-    assert cfg.retries == {"total_max_attempts": 4, "mode": "standard"}
+    assert cfg.retries == {"total_max_attempts": 4, "mode": "standard"}  # the start-up check only
+
+
+def test_assume_role_client_never_retries() -> None:
+    """A retried AssumeRole would issue a credential the ledger never names (issue 12, fault B):
+    one attempt, whatever BROKER_STS_MAX_ATTEMPTS says (`max_attempts=1` would mean two)."""
+    cfg = minter(timeout_seconds=2, max_attempts=4).client.meta.config
+    assert (cfg.connect_timeout, cfg.read_timeout) == (2, 2)
+    assert cfg.retries == {"total_max_attempts": 1, "mode": "standard"}
+
+
+def test_session_name_is_named_by_the_mint_requested_seq() -> None:
+    m = minter()
+    params = m.request_params(AssumeRoleRequest(WALLET, "o", "a", "s3", "my-bucket/agents/a1/", 0, requested_seq=12345))
+    assert params["RoleSessionName"] == f"agentkeys-{WALLET.lower().removeprefix('0x')[:40]}-12345"
+    assert params["RoleSessionName"] == sts_session_name(WALLET, 12345)
+    longest = sts_session_name("0x" + "F" * 40, 10**13 - 1)
+    assert longest == "agentkeys-" + "f" * 40 + f"-{10**13 - 1}" and len(longest) == 64
+    for bad_seq in (0, 10**13):  # no record has seq 0; a longer name is refused, never truncated
+        with pytest.raises(ValueError):
+            sts_session_name(WALLET, bad_seq)
 
 
 # --- errors -------------------------------------------------------------------------------------
