@@ -67,10 +67,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 from eth_account.signers.local import LocalAccount
 
+from ledger.audit import merkle
 from ledger.chain import ChainRecord
 from ledger.ports import Readiness
 
-from . import chain_tools, merkle
+from . import chain_tools
 from .errors import AnchorConflict, AnchorError, AnchorUnavailable, check_batch
 from .evm_keys import load_fee_payer
 from .evm_store import LIVE, BatchRow, EvmStore, TxRow
