@@ -49,3 +49,24 @@ def test_importing_the_ledger_loads_no_outer_package() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"ledger pulled in: {out.stdout.strip()}"
+
+
+def _relative_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+
+
+def test_settings_modules_do_not_import_each_other() -> None:
+    """api/config.py imports api/sts_config.py; the shared shapes live in the leaf api/settings.py."""
+    assert "config" not in _relative_imports(ROOT / "api" / "sts_config.py")
+    assert _relative_imports(ROOT / "api" / "settings.py") == set()
+
+
+def test_the_console_script_registers_commands_by_explicit_imports() -> None:
+    """No command module is named by a string (an import tool could not see it)."""
+    text = (ROOT / "workers" / "cli.py").read_text()
+    assert "importlib" not in text and "import_module" not in text
+    from workers import cli
+
+    names = {c for c in cli.build_parser()._subparsers._group_actions[0].choices}  # type: ignore[union-attr]
+    assert {"serve", "dev", "keygen", "audit", "projections", "anchors"} <= names
