@@ -20,12 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger import audit
-from ledger.audit import sources, verifier
-from workers import audit_cli
-from ledger.audit import AuditError, Finding, RecordLine, verify_records
+from ledger.audit import AuditError, Finding, RecordLine, sources, verifier, verify_records
 from ledger.canonical import MAX_SAFE_INTEGER, canonical_bytes
 from ledger.chain import DOMAIN_TAG, GENESIS, ChainRecord, make_envelope, record_hash
 from tests.conftest import ROOT
+from workers import audit_cli
 
 _ENC = msgspec.json.Encoder(order="sorted")
 
@@ -600,6 +599,23 @@ def test_the_verifier_does_not_load_the_writer() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_verify_with_a_checkpoint_but_no_rpc_loads_no_chain_or_writer_code(tmp_path: Path) -> None:
+    """The checkpoint is the auditor's own (ledger.audit.checkpoint): only --rpc brings in anchors."""
+    export = write_export(tmp_path / "e.jsonl", make_records(3))
+    checkpoint = tmp_path / "cp.json"
+    code = (
+        "import sys\n"
+        "from workers import audit_cli\n"
+        f"rc = audit_cli.run(['audit', 'verify', '--export', {str(export)!r}, '--checkpoint', {str(checkpoint)!r}])\n"
+        "bad = sorted(n for n in sys.modules if n in ('ledger.store', 'ledger.app')\n"
+        "             or n.split('.')[0] in ('eventsourcing', 'anchors', 'web3'))\n"
+        "print(rc, ','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0", out.stdout
+    assert json.loads(checkpoint.read_text())["seq"] == 3
 
 
 def test_cli_exit_codes_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
