@@ -373,9 +373,11 @@ class EvmAnchor(EvmBatcher):
                 if w.fatal is None:
                     progressed = self._step()
             except AnchorConflict as exc:
-                w.fatal = str(exc)
+                # logged before the halt becomes visible (worker_status, readiness), so whoever sees
+                # the halt finds its log line
                 log.error("EVM ANCHOR HALTED: %s. The chain and this anchor's state disagree; nothing more "
                           "is sent until an operator investigates (agentkeys-broker anchors status).", exc)
+                w.fatal = str(exc)
             except Exception as exc:
                 w.failures += 1
                 w.chain_ok = False
