@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8091
 STATE_DIR ?= ./.agentkeys-dev
 
-.PHONY: install system-tools run test bench lock clean
+.PHONY: install system-tools run test lint bench lock clean
 
 install: $(STAMP) $(NODE_STAMP) system-tools
 
@@ -41,6 +41,12 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Static checks: ruff (E, F, W, I, B, UP, S) on the tree, mypy (strict on ledger/, default on the
+# other packages; tests are not type-checked). Settings in pyproject.toml.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python -m tests.bench --out docs/benchmarks.md

@@ -369,7 +369,7 @@ def _print_human(report: dict[str, Any]) -> None:
 def _web3(url: str, timeout_s: float) -> Any:
     if not url.startswith(("http://", "https://")):
         raise CommandError(f"--rpc must be an http:// or https:// URL, got {url!r}", EXIT_ERROR)
-    from .evm import make_web3
+    from .evm_config import make_web3
 
     return make_web3(url, timeout_s)
 
@@ -385,6 +385,6 @@ def _rpc(call: Any, url: str, command: str) -> Any:
 
 
 def _short(exc: BaseException) -> str:
-    from .evm import _rpc_reason
+    from .evm_config import _rpc_reason
 
     return _rpc_reason(exc)

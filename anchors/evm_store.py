@@ -355,7 +355,7 @@ class EvmStore:
         self._run(lambda c: c.execute("UPDATE evm_batches SET status = ?, updated_at = ? WHERE id = ?",
                                       (status, time.time(), batch_id)), write=True)
 
-    def mark_mined(self, batch_id: int, *, tx_hash: str | None, block_number: int, block_hash: str,
+    def mark_mined(self, batch_id: int, *, tx_hash: str | None, block_number: int, block_hash: str | None,
                    gas_used: int | None, nonce: int | None, confirmed: bool) -> None:
         def op(c: sqlite3.Connection) -> None:
             c.execute(

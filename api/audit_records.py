@@ -13,8 +13,7 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from anchors import merkle
-from ledger import proofs
+from ledger.audit import LedgerMismatch, proofs
 from ledger.chain import ChainRecord
 
 from ledger.services.refusals import Refusal
@@ -49,26 +48,26 @@ def bundle_for(services: Any, seq: int, *, omni: str | None, operator: bool) -> 
     sqlite_section = {"confirmed": True} if sqlite is not None and sqlite.verify(seq, record.hash) else None
     evm = services.anchor("evm")
     if evm is None:
-        return proofs.build_bundle(record, sqlite=sqlite_section)
-    batch = evm.batch_containing(seq)
+        return proofs.build_bundle({seq: record}, seq, sqlite=sqlite_section)
+    batch = evm.batch_containing(seq)  # one indexed lookup
     if batch is None or batch["status"] != "confirmed":
         raise Refusal("not_found", f"record {seq} is not in a confirmed EVM batch yet; retry later")
     first, last = batch["first_seq"], batch["last_seq"]
     members = services.ledger.read(first - 1, last - first + 1)
-    leaves = [merkle.leaf_hash(bytes.fromhex(r.hash)) for r in members]
-    if len(members) != last - first + 1 or merkle.root_of_leaf_hashes(leaves).hex() != _plain(batch["root"]):
-        raise Refusal("anchored_batch_mismatch", "the ledger does not match its anchored batch")
-    path = merkle.inclusion_proof_from_leaf_hashes(leaves, seq - first)
+    anchored = proofs.AnchoredBatch(
+        root=bytes.fromhex(_plain(batch["root"])), first_seq=first, last_seq=last,
+        chain_head=bytes.fromhex(_plain(batch["chain_head"])), name="the confirmed EVM batch",
+    )
     evm_section = {
         "chain_id": evm.config.chain_id, "contract": evm.contract_address, "tx_hash": batch["tx_hash"],
         "block_number": batch["block_number"], "block_hash": batch["block_hash"],
     }
-    return proofs.build_bundle(
-        record,
-        batch={"root": _plain(batch["root"]), "first_seq": first, "last_seq": last,
-               "chain_head": _plain(batch["chain_head"])},
-        path=path, evm=evm_section, sqlite=sqlite_section,
-    )
+    try:
+        return proofs.build_bundle(
+            {r.seq: r for r in members}, seq, anchored, evm=evm_section, sqlite=sqlite_section
+        )
+    except LedgerMismatch:
+        raise Refusal("anchored_batch_mismatch", "the ledger does not match its anchored batch") from None
 
 
 def _plain(h: Any) -> str:

@@ -16,30 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+# BootFailure and Setting live in api/settings.py (a leaf: api/sts_config.py uses them too, and this
+# module imports api/sts_config.py); re-exported here for their existing importers.
+from .settings import BootFailure, Setting
+
 ANCHOR_ALIASES = {"sqlite": "sqlite", "evm": "evm", "evm_testnet": "evm"}
 KNOWN_ANCHORS_BUILT = ("sqlite", "evm")  # anchors this build can construct
-
-
-class BootFailure(Exception):
-    """A configuration value is unusable; the broker refuses to start."""
-
-    def __init__(self, var: str, value: str | None, reason: str, anchor: str) -> None:
-        self.var, self.value, self.reason, self.anchor = var, value, reason, anchor
-        shown = "(unset)" if value is None else value
-        super().__init__(f'BOOT_FAIL: {var}="{_escape(shown)}": {reason}; see runbook §{anchor}')
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-@dataclass(frozen=True)
-class Setting:
-    name: str
-    default: str | None
-    doc: str
-    anchor: str
-    group: str = "core"
 
 
 SETTINGS: tuple[Setting, ...] = (

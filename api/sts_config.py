@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
 
-from .config import BootFailure, Setting
+from .settings import BootFailure, Setting
 from .session_policy import PolicyTemplates, TemplateError
 
 DEFAULT_ROLE_NAME = "agentkeys-data-role"

@@ -11,7 +11,7 @@ Invariants:
 - The hash covers every envelope field, so changing any byte of a record changes its hash, and
   changing a hash breaks the `prev` link of the next record.
 
-This module is shared by the writer (ledger/store.py) and the offline verifier (ledger/audit.py);
+This module is shared by the writer (ledger/store.py) and the offline verifier (ledger/audit/);
 nothing else is.
 """
 

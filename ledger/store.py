@@ -13,22 +13,36 @@
 in its own SAVEPOINT (an append that loses a concurrency race is rolled back alone), seq and hash
 assigned in order, the head advanced, one COMMIT (one fsync with `synchronous=FULL`). The head is
 read inside the write transaction, so several processes may share one file.
+
+How the library is used (eventsourcing 9.5, pinned in constraints.txt): through its public surface,
+i.e. the recorder's extension points (`construct_create_table_statements`, `insert_events`,
+`select_events`), the datastore's `transaction` / `get_connection`, and its error classes
+(`EventSourcingError`, the root of every error it raises). One thing has no public form: inserting
+stored events inside a transaction the caller holds (the public `insert_events` opens its own).
+`EventsourcingAdapter` is the one place that names the private method doing that;
+tests/unit/ledger/test_eventsourcing_adapter.py fails loudly if the pinned library changes it.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import msgspec
+from eventsourcing.domain import EventSourcingError
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+from eventsourcing.sqlite import (
+    SQLiteApplicationRecorder,
+    SQLiteCursor,
+    SQLiteDatastore,
+)
 
 from .canonical import canonical_bytes_unchecked
 from .chain import GENESIS, ChainHead, ChainRecord, hash_canonical, make_envelope
-from .errors import ChainCorrupted, ConcurrencyConflict, LedgerUnavailable
+from .errors import ChainCorrupted, ConcurrencyConflict, LedgerError, LedgerUnavailable
 
 _DECODER = msgspec.json.Decoder()
 
@@ -46,7 +60,7 @@ SCHEMA = [
         seq INTEGER NOT NULL,
         hash TEXT NOT NULL
     )""",
-    f"INSERT OR IGNORE INTO ledger_head (id, seq, hash) VALUES (1, 0, '{GENESIS}')",
+    f"INSERT OR IGNORE INTO ledger_head (id, seq, hash) VALUES (1, 0, '{GENESIS}')",  # noqa: S608 - a constant, not input
     """CREATE TABLE IF NOT EXISTS ledger_meta (
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
@@ -90,9 +104,45 @@ def row_to_record(row: Sequence[Any]) -> ChainRecord:
     )
 
 
+class EventsourcingAdapter:
+    """The one use of a private member of the pinned eventsourcing library.
+
+    `SQLiteApplicationRecorder._insert_events(cursor, stored_events)` writes stored events with the
+    library's own statement and row encoding inside the transaction of `cursor`; the public
+    `insert_events` wraps exactly that call in a transaction of its own, which a group commit with
+    one SAVEPOINT per append cannot use. `PRIVATE_INSERT` names it; `check()` verifies that the
+    installed library still has it with this shape (run by `open_recorder`, so a changed library
+    stops the broker at boot, and by tests/unit/ledger/test_eventsourcing_adapter.py)."""
+
+    PRIVATE_INSERT = "_insert_events"
+
+    @classmethod
+    def check(cls) -> None:
+        """Raise `RuntimeError` if the installed library no longer has the private method as used."""
+        import inspect
+
+        fn = getattr(SQLiteApplicationRecorder, cls.PRIVATE_INSERT, None)
+        if fn is None:
+            raise RuntimeError(f"eventsourcing: SQLiteApplicationRecorder.{cls.PRIVATE_INSERT} is gone")
+        params = list(inspect.signature(fn).parameters)
+        if params[:3] != ["self", "c", "stored_events"]:
+            raise RuntimeError(f"eventsourcing: SQLiteApplicationRecorder.{cls.PRIVATE_INSERT}{params} changed")
+
+    @classmethod
+    def insert_events_in(cls, recorder: SQLiteApplicationRecorder, cursor: SQLiteCursor, events: Sequence[StoredEvent]) -> None:
+        """Insert `events` inside the caller's open transaction (driver errors pass through
+        unwrapped: a duplicate key is `sqlite3.IntegrityError`)."""
+        getattr(recorder, cls.PRIVATE_INSERT)(cursor, events)
+
+
 class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
     def construct_create_table_statements(self) -> list[str]:
         return super().construct_create_table_statements() + SCHEMA
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        """Refused: an event written outside `append_batch` would have no place in the hash chain
+        (no `ledger_records` row), so auditors would never see it."""
+        raise LedgerError("events enter the ledger only through append_batch (the hash chain)")
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -119,16 +169,14 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
                 except BaseException:
                     conn.rollback()
                     raise
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, EventSourcingError) as exc:
+            # EventSourcingError: the library's pool and wrappers (PersistenceError and the pool's
+            # closed / unavailable errors derive from it)
             raise LedgerUnavailable(f"ledger write failed: {exc}") from exc
-        except Exception as exc:  # eventsourcing wraps driver errors in its own PersistenceError
-            if type(exc).__module__.startswith("eventsourcing"):
-                raise LedgerUnavailable(f"ledger write failed: {exc}") from exc
-            raise
         return results, ChainHead(head_seq, head_hash)
 
     def _append_one(
-        self, cur: Any, pending: PendingAppend, head_seq: int, head_hash: str
+        self, cur: SQLiteCursor, pending: PendingAppend, head_seq: int, head_hash: str
     ) -> list[ChainRecord] | Exception:
         cur.execute("SAVEPOINT ledger_append")
         try:
@@ -168,7 +216,7 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
                     )
                     prev = h
                 try:
-                    self._insert_events(cur, stored)
+                    EventsourcingAdapter.insert_events_in(self, cur, stored)
                 except sqlite3.IntegrityError as exc:
                     raise ConcurrencyConflict(part.stream, part.expected_version, "version already written") from exc
                 cur.executemany(
@@ -237,6 +285,7 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
 
 
 def open_recorder(db_path: str, *, lock_timeout_s: int = 10) -> ChainedSQLiteRecorder:
+    EventsourcingAdapter.check()
     datastore = SQLiteDatastore(db_name=str(db_path), lock_timeout=lock_timeout_s, pool_size=5, max_overflow=10)
     recorder = ChainedSQLiteRecorder(datastore)
     recorder.create_table()

@@ -6,37 +6,38 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-# (module, function) pairs; each `register(subparsers)` adds its commands and sets
-# `handler=<callable(args) -> int>` on its parsers.
-_GROUPS = (
-    ("api.cli", "register"),          # serve, dev
-    ("api.keys_cli", "register"),     # keygen
-    ("ledger.audit_cli", "register"),  # audit export|verify
-    ("anchors.audit_cli", "register"),  # audit prove|verify-proof; verify --rpc/--contract/--checkpoint (after ledger.audit_cli)
-    ("projections.cli", "register"),  # projections rebuild
-    ("anchors.cli", "register"),      # anchors keystore|deploy|status
-    ("api.operator_cli", "register"),  # quarantine list|show|resolve
-)
+from anchors import cli as anchors_cli
+from api import cli as api_cli
+from api import keys_cli, operator_cli
+from ledger.errors import CommandError
+from projections import cli as projections_cli
 
-
-from ledger.errors import CommandError  # noqa: E402  (re-exported for the command modules)
+from . import audit_cli
 
 __all__ = ["CommandError", "build_parser", "main"]
 
+# Each `register(subparsers)` adds its commands and sets `handler=<callable(args) -> int>` on its
+# parsers. The modules import only argparse and light helpers at module level.
+_GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+    api_cli.register,  # serve, dev
+    keys_cli.register,  # keygen
+    audit_cli.register,  # audit export|verify|prove|verify-proof
+    projections_cli.register,  # projections rebuild
+    anchors_cli.register,  # anchors keystore|deploy|status
+    operator_cli.register,  # quarantine list|show|resolve
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
     parser = argparse.ArgumentParser(
         prog="agentkeys-broker",
         description="AgentKeys credential broker: short-lived AWS credentials gated on an anchored, hash-chained ledger.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name, func in _GROUPS:
-        module = importlib.import_module(module_name)
-        getattr(module, func)(sub)
+    for register in _GROUPS:
+        register(sub)
     return parser
 
 

@@ -1,7 +1,7 @@
 """AuditAnchor.sol on a real anvil node (chain id 84532) through web3.py v8.
 
 One anvil per module; one deployment per test (cheap), with `evm_snapshot` / `evm_revert` around
-each test so state never leaks between them. Roots and proofs come from `anchors.merkle` over real
+each test so state never leaks between them. Roots and proofs come from `ledger.audit.merkle` over real
 ledger record hashes (`tests.contract.chains.make_chain`), so the on-chain verifier is checked
 against the Python one byte for byte.
 """
@@ -15,7 +15,8 @@ from typing import Any, Iterator, Sequence
 import pytest
 from web3.exceptions import ContractCustomError
 
-from anchors import chain_tools, merkle
+from anchors import chain_tools
+from ledger.audit import merkle
 from anchors.chain_tools import OnChainBatch
 from tests.support_anvil import Anvil, anvil_module  # noqa: F401  (fixture)
 

@@ -30,10 +30,11 @@ from typing import Any, Iterator
 import msgspec
 import pytest
 
-from anchors import chain_tools, merkle
-from anchors.chain_audit import ChainReader
+from anchors import chain_tools
+from anchors.chain_reader import ChainReader
 from anchors.proof_builder import verify_bundle_on_chain
-from ledger import audit, proofs
+from ledger import audit
+from ledger.audit import merkle, proofs
 from ledger.app import Ledger
 from ledger.chain import GENESIS, recompute_hash
 from ledger.config import LedgerConfig
@@ -304,12 +305,8 @@ def test_tampered_bundles_are_invalid(env: Env, w3: Any) -> None:
     forged_records = rewrite_history(env.records, 10)[8:16]
     hashes = [r["hash"] for r in forged_records]
     leaves = merkle.leaves_from_record_hashes(hashes)
-    forged = proofs.build_bundle(
-        forged_records[3],
-        batch={"root": merkle.root(leaves), "first_seq": 9, "last_seq": 16, "chain_head": hashes[-1]},
-        path=merkle.inclusion_proof(leaves, 3),
-        evm=good["anchors"]["evm"],
-    )
+    forged_batch = proofs.AnchoredBatch(merkle.root(leaves), 9, 16, bytes.fromhex(hashes[-1]))
+    forged = proofs.build_bundle({r["seq"]: r for r in forged_records}, 12, forged_batch, evm=good["anchors"]["evm"])
     assert proofs.verify_bundle_offline(forged) == []
     cases["forged-batch"] = (forged, "differs from the root anchored on chain")
 
@@ -587,9 +584,9 @@ def test_checkpoint_file_errors(env: Env) -> None:
 def test_reader_chunks_and_falls_back_without_batch_requests(env: Env, w3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Many batches are read in JSON-RPC batch requests of `RPC_BATCH` calls; an endpoint that
     refuses batch requests is read one call at a time, with the same result."""
-    from anchors import chain_audit
+    from anchors import chain_reader
 
-    monkeypatch.setattr(chain_audit, "RPC_BATCH", 3)
+    monkeypatch.setattr(chain_reader, "RPC_BATCH", 3)
     batched = list(ChainReader(w3, [env.contract]).batches(env.contract))
     reader = ChainReader(env.rpc, [env.contract])
 

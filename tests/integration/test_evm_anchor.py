@@ -314,19 +314,34 @@ def test_fee_payer_not_submitter_is_unready(env: Env) -> None:
 # --- reorgs ------------------------------------------------------------------------------------
 
 
-def _watch_confirmed(anchor: EvmAnchor) -> tuple[list[int], threading.Event]:
-    seen: list[int] = []
-    stop = threading.Event()
+class _ConfirmedWatcher:
+    """Samples `confirmed_upto()` in a thread until stopped. `stop()` joins the thread, and the
+    thread takes one last sample after the stop was asked, so `seen[-1]` is the value at stop
+    time and no sampling outlives the test (the anchor is closed in teardown)."""
 
-    def watch() -> None:
-        while not stop.is_set():
-            c = anchor.confirmed_upto()
-            if not seen or seen[-1] != c:
-                seen.append(c)
-            time.sleep(0.002)
+    def __init__(self, anchor: EvmAnchor) -> None:
+        self.anchor = anchor
+        self.seen: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watch-confirmed", daemon=True)
+        self._thread.start()
 
-    threading.Thread(target=watch, daemon=True).start()
-    return seen, stop
+    def _sample(self) -> None:
+        c = self.anchor.confirmed_upto()
+        if not self.seen or self.seen[-1] != c:
+            self.seen.append(c)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(0.002)
+        self._sample()
+
+    def stop(self) -> list[int]:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        assert not self._thread.is_alive(), "the watcher thread did not stop"
+        return self.seen
 
 
 def test_reorg_by_revert_orphans_and_reanchors(env: Env, caplog: pytest.LogCaptureFixture) -> None:
@@ -343,7 +358,7 @@ def test_reorg_by_revert_orphans_and_reanchors(env: Env, caplog: pytest.LogCaptu
     env.node.mine(1)
     wait_confirmed(anchor, 10)
     reorged_tx = anchor.batches()[1]["tx_hash"]
-    seen, stop = _watch_confirmed(anchor)
+    watcher = _ConfirmedWatcher(anchor)
     with caplog.at_level(logging.WARNING, logger="agentkeys.anchors.evm"):
         env.node.revert(snap)  # the chain forgets batch 2 (and the fee payer's nonce goes back)
         wait_for(lambda: anchor.batches()[1]["orphaned_count"] == 1, 5, "batch 2 orphaned")
@@ -352,7 +367,7 @@ def test_reorg_by_revert_orphans_and_reanchors(env: Env, caplog: pytest.LogCaptu
         assert not anchor.verify(5, second[0].hash)
         env.node.mine(1)
         wait_confirmed(anchor, 10)
-    stop.set()
+    seen = watcher.stop()
     assert 4 in seen and seen[-1] == 10, seen
     assert any("REORG" in r.getMessage() for r in caplog.records)
     b = anchor.batches()[1]

@@ -153,9 +153,9 @@ def test_sqlite_primary_releases_with_the_chain_down_then_quarantines_and_recove
 
 
 def test_proof_bundle_of_a_mint_verifies_offline_and_on_chain(tmp_path: Path, dev_aws, chain) -> None:
-    from anchors.chain_audit import ChainReader
+    from anchors.chain_reader import ChainReader
     from anchors.proof_builder import verify_bundle
-    from ledger.proofs import verify_bundle_offline
+    from ledger.audit.proofs import verify_bundle_offline
 
     token_file = tmp_path / "operator.token"
     token_file.write_text("op-" + "x" * 40)

@@ -97,3 +97,24 @@ def test_the_use_cases_live_in_the_core_not_in_api() -> None:
         assert not (ROOT / gone).exists(), f"{gone}: use cases belong in ledger/services/"
     for module in ("signin", "legacy", "grants", "mint", "release"):
         assert (ROOT / "ledger" / "services" / f"{module}.py").exists()
+
+
+def _relative_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+
+
+def test_settings_modules_do_not_import_each_other() -> None:
+    """api/config.py imports api/sts_config.py; the shared shapes live in the leaf api/settings.py."""
+    assert "config" not in _relative_imports(ROOT / "api" / "sts_config.py")
+    assert _relative_imports(ROOT / "api" / "settings.py") == set()
+
+
+def test_the_console_script_registers_commands_by_explicit_imports() -> None:
+    """No command module is named by a string (an import tool could not see it)."""
+    text = (ROOT / "workers" / "cli.py").read_text()
+    assert "importlib" not in text and "import_module" not in text
+    from workers import cli
+
+    names = {c for c in cli.build_parser()._subparsers._group_actions[0].choices}  # type: ignore[union-attr]
+    assert {"serve", "dev", "keygen", "audit", "projections", "anchors"} <= names

@@ -19,11 +19,12 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger import audit, audit_cli
-from ledger.audit import AuditError, Finding, RecordLine, verify_records
+from ledger import audit
+from ledger.audit import AuditError, Finding, RecordLine, sources, verifier, verify_records
 from ledger.canonical import MAX_SAFE_INTEGER, canonical_bytes
 from ledger.chain import DOMAIN_TAG, GENESIS, ChainRecord, make_envelope, record_hash
 from tests.conftest import ROOT
+from workers import audit_cli
 
 _ENC = msgspec.json.Encoder(order="sorted")
 
@@ -374,7 +375,7 @@ def test_blank_lines_and_crlf_are_tolerated(tmp_path: Path) -> None:
 
 
 def test_a_file_without_newlines_is_an_error_not_a_memory_blowup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audit, "MAX_LINE", 3 << 20)
+    monkeypatch.setattr(sources, "MAX_LINE", 3 << 20)
     path = write_export(tmp_path / "e.jsonl", make_records(1))
     with path.open("ab") as f:
         f.write(b"x" * (8 << 20))
@@ -406,7 +407,7 @@ def test_a_bad_header_is_an_error(tmp_path: Path, header: bytes, message: str) -
 
 
 def test_progress_is_reported_while_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audit, "PROGRESS_EVERY", 100)
+    monkeypatch.setattr(sources, "PROGRESS_EVERY", 100)
     path = write_export(tmp_path / "e.jsonl", make_records(5_000))  # several 1 MB blocks? no: 2 MB
     seen: list[int] = []
     assert audit.verify_export(path, progress=seen.append).valid
@@ -582,8 +583,8 @@ def test_record_line_encoding_is_the_canonical_envelope(data: dict, type_: str, 
     line = _ENC.encode({**env, "hash": record_hash(env)})
     rec = msgspec.json.decode(line, type=RecordLine)
     rec.hash = ""
-    assert audit._ENCODER.encode(rec) == canonical_bytes(env) == rfc8785.dumps(env)
-    assert hashlib.sha256(DOMAIN_TAG + audit._ENCODER.encode(rec)).hexdigest() == record_hash(env)
+    assert verifier._ENCODER.encode(rec) == canonical_bytes(env) == rfc8785.dumps(env)
+    assert hashlib.sha256(DOMAIN_TAG + verifier._ENCODER.encode(rec)).hexdigest() == record_hash(env)
 
 
 # --- independence and the command ------------------------------------------------------------
@@ -591,12 +592,30 @@ def test_record_line_encoding_is_the_canonical_envelope(data: dict, type_: str, 
 
 def test_the_verifier_does_not_load_the_writer() -> None:
     code = (
-        "import sys, ledger.audit, ledger.audit_cli\n"
-        "bad = sorted(n for n in sys.modules if n in ('ledger.store', 'ledger.app', 'ledger.aggregates') or n.startswith('eventsourcing'))\n"
+        "import sys, ledger.audit, workers.audit_cli\n"
+        "bad = sorted(n for n in sys.modules if n in ('ledger.store', 'ledger.app', 'ledger.aggregates')\n"
+        "             or n.split('.')[0] in ('eventsourcing', 'anchors', 'web3', 'api', 'projections'))\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_verify_with_a_checkpoint_but_no_rpc_loads_no_chain_or_writer_code(tmp_path: Path) -> None:
+    """The checkpoint is the auditor's own (ledger.audit.checkpoint): only --rpc brings in anchors."""
+    export = write_export(tmp_path / "e.jsonl", make_records(3))
+    checkpoint = tmp_path / "cp.json"
+    code = (
+        "import sys\n"
+        "from workers import audit_cli\n"
+        f"rc = audit_cli.run(['audit', 'verify', '--export', {str(export)!r}, '--checkpoint', {str(checkpoint)!r}])\n"
+        "bad = sorted(n for n in sys.modules if n in ('ledger.store', 'ledger.app')\n"
+        "             or n.split('.')[0] in ('eventsourcing', 'anchors', 'web3'))\n"
+        "print(rc, ','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0", out.stdout
+    assert json.loads(checkpoint.read_text())["seq"] == 3
 
 
 def test_cli_exit_codes_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -646,6 +665,6 @@ def test_a_record_formatted_differently_but_with_the_same_content_verifies(tmp_p
 
 
 def test_the_join_is_the_one_the_writer_documents() -> None:
-    from ledger import store  # only the test compares; ledger/audit.py never imports the writer
+    from ledger import store  # only the test compares; ledger/audit/ never imports the writer
 
     assert audit.SELECT_RECORDS_SQL == store.SELECT_RECORDS + "ORDER BY r.seq"

@@ -1,4 +1,4 @@
-"""Proof bundle v1 (`ledger.proofs`): build, encode, and the offline checks, including forged
+"""Proof bundle v1 (`ledger.audit.proofs`): build, encode, and the offline checks, including forged
 bundles (the immudb CVE class: a verifier must refuse every proof that is not exactly right)."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anchors import merkle
-from ledger import proofs
+from ledger.audit import merkle, proofs
 from ledger.chain import ChainRecord, recompute_hash
 from tests.contract.chains import make_chain
 
@@ -30,9 +29,8 @@ def batch_bundle(records: list[ChainRecord], seq: int, *, evm: dict[str, Any] | 
     """The bundle of `seq` for the batch made of `records` (consecutive seqs)."""
     first, last = records[0].seq, records[-1].seq
     leaves = merkle.leaves_from_record_hashes([r.hash for r in records])
-    path = merkle.inclusion_proof(leaves, seq - first)
-    batch = {"root": merkle.root(leaves), "first_seq": first, "last_seq": last, "chain_head": records[-1].hash}
-    return proofs.build_bundle(records[seq - first], batch=batch, path=path, evm=evm)
+    batch = proofs.AnchoredBatch(merkle.root(leaves), first, last, bytes.fromhex(records[-1].hash))
+    return proofs.build_bundle({r.seq: r for r in records}, seq, batch, evm=evm)
 
 
 def rehash(record: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +76,7 @@ def test_bundle_shape_and_key_order() -> None:
 
 def test_sqlite_only_bundle() -> None:
     r = CHAIN[3]
-    bundle = proofs.build_bundle(r, sqlite={"seq": r.seq, "hash": r.hash})
+    bundle = proofs.build_bundle({r.seq: r}, r.seq, sqlite={"seq": r.seq, "hash": r.hash})
     assert "batch" not in bundle and "proof" not in bundle
     assert proofs.verify_bundle_offline(bundle, require_proof=False) == []
     assert any("no batch and proof" in p for p in proofs.verify_bundle_offline(bundle))
@@ -237,30 +235,43 @@ def test_not_a_bundle() -> None:
         proofs.decode_bundle(b"[1]")
 
 
-def test_build_refuses_a_bad_path() -> None:
+def test_build_refuses_records_that_do_not_recompute_the_anchored_batch() -> None:
+    """The one builder computes the path itself, from records that must recompute what the anchor
+    committed to: a rewritten record, a swapped root or head, a missing seq all refuse."""
     recs = BATCHES[2]
+    by_seq: dict[int, Any] = {r.seq: r for r in recs}
     leaves = merkle.leaves_from_record_hashes([r.hash for r in recs])
-    batch = {"root": merkle.root(leaves), "first_seq": recs[0].seq, "last_seq": recs[-1].seq, "chain_head": recs[-1].hash}
-    wrong_path = merkle.inclusion_proof(leaves, 1)
-    with pytest.raises(proofs.ProofError) as exc:
-        proofs.build_bundle(recs[0], batch=batch, path=wrong_path)
-    assert "inclusion proof" in str(exc.value)
-    with pytest.raises(proofs.ProofError):
-        proofs.build_bundle(recs[0], batch=batch)  # a batch needs its path
+    root, head = merkle.root(leaves), bytes.fromhex(recs[-1].hash)
+    first, last = recs[0].seq, recs[-1].seq
+    good = proofs.build_bundle(by_seq, first, proofs.AnchoredBatch(root, first, last, head))
+    assert proofs.verify_bundle_offline(good) == []
+    with pytest.raises(proofs.LedgerMismatch, match="Merkle root"):
+        proofs.build_bundle(by_seq, first, proofs.AnchoredBatch(bytes(32), first, last, head))
+    with pytest.raises(proofs.LedgerMismatch, match="chain head"):
+        proofs.build_bundle(by_seq, first, proofs.AnchoredBatch(root, first, last, bytes(32)))
+    with pytest.raises(proofs.LedgerMismatch, match="lacks seq"):
+        proofs.build_bundle({s: r for s, r in by_seq.items() if s != first + 1}, first, proofs.AnchoredBatch(root, first, last, head))
+    rewritten = {**by_seq, first: {**recs[0].export_object(), "data": {"changed": 1}}}
+    with pytest.raises(proofs.LedgerMismatch, match="does not match its own hash"):
+        proofs.build_bundle(rewritten, first, proofs.AnchoredBatch(root, first, last, head))
+    damaged = {**by_seq, first + 2: None}
+    with pytest.raises(proofs.LedgerMismatch, match="damaged"):
+        proofs.build_bundle(damaged, first, proofs.AnchoredBatch(root, first, last, head))
 
 
 def test_ledger_proofs_imports_stay_inside_ledger() -> None:
     import ast
     from pathlib import Path
 
-    for name in ("proofs.py", "merkle_verify.py"):
+    for name in ("proofs.py", "merkle.py", "errors.py"):
         tree = ast.parse((Path(proofs.__file__).parent / name).read_text())
         mods = {
             (n.module or "").split(".")[0] if isinstance(n, ast.ImportFrom) and n.level == 0 else "."
             for n in ast.walk(tree)
             if isinstance(n, ast.ImportFrom)
         } | {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        assert mods <= {".", "__future__", "copy", "hashlib", "hmac", "re", "typing", "msgspec", "ledger"}, (name, mods)
+        allowed = {".", "__future__", "collections", "copy", "dataclasses", "hashlib", "hmac", "re", "typing", "msgspec", "ledger"}
+        assert mods <= allowed, (name, mods)
 
 
 @settings(max_examples=150, deadline=None)

@@ -18,10 +18,15 @@ Offline checks (`verify_bundle_offline`), each problem one line:
 1. the record is a v1 envelope plus `hash`, and `hash` recomputes from the envelope (ledger.chain);
 2. leaf = SHA-256(0x00 || record hash bytes), index = seq - first_seq,
    size = last_seq - first_seq + 1 (the bundle's `leaf_index`/`tree_size` must say the same);
-3. the audit path (RFC 9162 section 2.1.3.2, `ledger.merkle_verify`) leads to `batch.root`;
+3. the audit path (RFC 9162 section 2.1.3.2, `ledger.audit.merkle`) leads to `batch.root`;
 4. if seq == last_seq, the record hash is `batch.chain_head`.
 What these checks cannot tell is whether `batch` is what the chain holds: that is the on-chain
 half (`anchors.proof_builder.verify_bundle_on_chain`, `audit verify-proof --rpc`).
+
+The one builder (`build_bundle`) takes the records of the anchored batch and what the anchor
+committed to (root, seqs, chain head): it refuses (`LedgerMismatch`) unless the records recompute
+that root and head, computes the audit path, assembles the bundle and runs the offline checks once
+more. The broker (`GET /v1/audit/records/{seq}`) and `audit prove` both build bundles with it.
 
 Pure: imports only `ledger.*`, the standard library and msgspec (design section 1).
 """
@@ -30,20 +35,27 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeGuard
 
 import msgspec
 
-from .chain import ENVELOPE_KEYS, FORMAT_VERSION, ChainRecord, recompute_hash
-from .merkle_verify import MAX_PATH, record_leaf, verify_inclusion
+from ..chain import ENVELOPE_KEYS, FORMAT_VERSION, ChainRecord, recompute_hash
+from . import merkle
+from .errors import LedgerMismatch, ProofError
+from .merkle import MAX_PATH, record_leaf, verify_inclusion
 
 __all__ = [
     "BUNDLE_FORMAT",
     "BUNDLE_VERSION",
+    "AnchoredBatch",
+    "BatchCommitment",
+    "LedgerMismatch",
     "ProofError",
     "build_bundle",
-    "encode_bundle",
     "decode_bundle",
+    "encode_bundle",
     "verify_bundle_offline",
 ]
 
@@ -60,57 +72,139 @@ _EVM_REQUIRED = ("chain_id", "contract", "tx_hash", "block_number", "block_hash"
 _EVM_OPTIONAL = ("batch_index",)
 
 
-class ProofError(ValueError):
-    """A bundle that cannot be built or read; `problems` lists why."""
+class BatchCommitment(Protocol):
+    """What an anchor committed to for one batch (an on-chain batch, or the broker's own record
+    of its confirmed batch)."""
 
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("; ".join(self.problems))
+    @property
+    def root(self) -> bytes: ...
+    @property
+    def first_seq(self) -> int: ...
+    @property
+    def last_seq(self) -> int: ...
+    @property
+    def chain_head(self) -> bytes: ...
+    def describe(self) -> str: ...
 
 
-def _is_int(v: Any) -> bool:
+@dataclass(frozen=True, slots=True)
+class AnchoredBatch:
+    """A `BatchCommitment` from plain values."""
+
+    root: bytes
+    first_seq: int
+    last_seq: int
+    chain_head: bytes
+    name: str = "the anchored batch"
+
+    def describe(self) -> str:
+        return f"{self.name} (seqs {self.first_seq}..{self.last_seq})"
+
+
+def _is_int(v: object) -> TypeGuard[int]:
     return type(v) is int
 
 
-def _is_hex64(v: Any) -> bool:
+def _is_hex64(v: object) -> TypeGuard[str]:
     return type(v) is str and _HEX64.fullmatch(v) is not None
 
 
 # --- building -----------------------------------------------------------------------------------
 
+RecordLike = ChainRecord | Mapping[str, Any]
+
+
+def _export_object(record: RecordLike | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    # a copy: the bundle shares no mutable object (`data`) with the caller's record
+    return copy.deepcopy(record.export_object() if isinstance(record, ChainRecord) else dict(record))
+
 
 def build_bundle(
-    record: ChainRecord | Mapping[str, Any],
+    records: Mapping[int, RecordLike | None],
+    seq: int,
+    batch: BatchCommitment | None = None,
     *,
-    batch: Mapping[str, Any] | None = None,
-    path: Sequence[str | bytes] | None = None,
     evm: Mapping[str, Any] | None = None,
     sqlite: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble a v1 bundle and check it offline; raise `ProofError` if it does not verify.
+    """The v1 bundle of the record at `seq`, checked offline.
 
-    `record`: a `ChainRecord` or an export object (envelope plus "hash"). `batch`: {"root",
-    "first_seq", "last_seq", "chain_head"} (hex without prefix, or 32 bytes for root/head). `path`:
-    the audit path, leaf first (hex or 32 bytes each); required with `batch`. `evm` / `sqlite`: the
-    anchors' sections, copied as given."""
-    # a copy: the bundle shares no mutable object (`data`) with the caller's record
-    obj = copy.deepcopy(record.export_object() if isinstance(record, ChainRecord) else dict(record))
-    bundle: dict[str, Any] = {"format": BUNDLE_FORMAT, "v": BUNDLE_VERSION, "record": obj}
-    if batch is not None:
-        if path is None:
-            raise ProofError(["a batch needs its audit path"])
-        first, last = batch["first_seq"], batch["last_seq"]
-        bundle["batch"] = {
-            "root": _hex(batch["root"]),
-            "first_seq": first,
-            "last_seq": last,
-            "chain_head": _hex(batch["chain_head"]),
-        }
-        seq = obj.get("seq")
+    `records`: the records by seq (a `ChainRecord` or an export object: envelope plus "hash";
+    None for a record present but unreadable): with `batch`, every seq of the batch, else at least
+    `seq`. `batch`: what the anchor committed to; without it the bundle has no `batch`/`proof` (a
+    record confirmed by the SQLite anchor only). `evm` / `sqlite`: the anchors' sections, copied
+    as given.
+
+    Raises `LedgerMismatch` unless the records recompute the batch's root and chain head and the
+    record at `seq` matches its own hash; `ProofError` if the bundle does not verify offline."""
+    if batch is None:
+        record = _export_object(records.get(seq))
+        if record is None:
+            raise ProofError([f"no readable record at seq {seq}"])
+        return _assemble(record, None, None, evm=evm, sqlite=sqlite)
+    first, last = batch.first_seq, batch.last_seq
+    where = batch.describe()
+    if not first <= seq <= last:
+        raise ValueError(f"seq {seq} is not in {where}")
+    absent = [s for s in range(first, last + 1) if s not in records]
+    if absent:
+        shown = ", ".join(map(str, absent[:10])) + (" ..." if len(absent) > 10 else "")
+        raise LedgerMismatch(f"the ledger lacks seq(s) {shown} of {where}: it no longer matches the chain")
+    objs: dict[int, dict[str, Any]] = {}
+    leaves: list[bytes] = []
+    for s in range(first, last + 1):
+        obj = _export_object(records[s])
+        h = obj.get("hash") if obj is not None else None
+        if obj is None or not _is_hex64(h):
+            raise LedgerMismatch(f"record seq {s} of {where} is damaged in the ledger (no valid hash): run `audit verify`")
+        objs[s] = obj
+        leaves.append(record_leaf(h))
+    root = merkle.root_of_leaf_hashes(leaves)
+    head = objs[last]["hash"]
+    if head != batch.chain_head.hex():
+        raise LedgerMismatch(
+            f"the ledger no longer matches the chain: its hash at seq {last} is {head}, but {where} anchored "
+            f"chain head {batch.chain_head.hex()} (history was rewritten at or before seq {last}; run `audit verify --rpc`)"
+        )
+    if root != batch.root:
+        raise LedgerMismatch(
+            f"the ledger no longer matches the chain: the Merkle root of its seqs {first}..{last} is {root.hex()}, "
+            f"but {where} anchored {batch.root.hex()} (run `audit verify --rpc`)"
+        )
+    record = objs[seq]
+    envelope = {k: record.get(k) for k in ENVELOPE_KEYS}
+    try:
+        content: str | None = recompute_hash(envelope)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        content = None
+    if content != record["hash"] or set(record) != {*ENVELOPE_KEYS, "hash"}:
+        raise LedgerMismatch(
+            f"record seq {seq} in the ledger does not match its own hash (its content was changed after it was "
+            "anchored): run `audit verify`"
+        )
+    path = merkle.inclusion_proof_from_leaf_hashes(leaves, seq - first)
+    section = {"root": batch.root.hex(), "first_seq": first, "last_seq": last, "chain_head": batch.chain_head.hex()}
+    return _assemble(record, section, path, evm=evm, sqlite=sqlite)
+
+
+def _assemble(
+    record: dict[str, Any],
+    batch: dict[str, Any] | None,
+    path: Sequence[bytes] | None,
+    *,
+    evm: Mapping[str, Any] | None,
+    sqlite: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    bundle: dict[str, Any] = {"format": BUNDLE_FORMAT, "v": BUNDLE_VERSION, "record": record}
+    if batch is not None and path is not None:
+        first, last, seq = batch["first_seq"], batch["last_seq"], record.get("seq")
+        bundle["batch"] = batch
         bundle["proof"] = {
-            "leaf_index": seq - first if _is_int(seq) and _is_int(first) else None,
-            "tree_size": last - first + 1 if _is_int(last) and _is_int(first) else None,
-            "path": [_hex(p) for p in path],
+            "leaf_index": seq - first if _is_int(seq) else None,
+            "tree_size": last - first + 1,
+            "path": [p.hex() for p in path],
         }
     anchors: dict[str, Any] = {}
     if sqlite is not None:
@@ -122,13 +216,6 @@ def build_bundle(
     if problems:
         raise ProofError(problems)
     return bundle
-
-
-def _hex(v: str | bytes | bytearray) -> str:
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        return bytes(v).hex()
-    s = str(v)
-    return (s[2:] if s[:2] in ("0x", "0X") else s).lower()
 
 
 _FORMATTED = msgspec.json.Encoder()
@@ -271,7 +358,7 @@ def _check_batch(batch: Any, problems: list[str]) -> tuple[bytes, int, int, str]
         problems.append("batch.last_seq is not an integer >= first_seq")
     if len(problems) > n:
         return None
-    return bytes.fromhex(batch["root"]), first, last, batch["chain_head"]
+    return bytes.fromhex(batch["root"]), batch["first_seq"], batch["last_seq"], batch["chain_head"]
 
 
 def _check_proof(proof: Any, problems: list[str]) -> tuple[int, int, list[bytes]] | None:
@@ -285,7 +372,7 @@ def _check_proof(proof: Any, problems: list[str]) -> tuple[int, int, list[bytes]
     for key in ("leaf_index", "tree_size"):
         if not _is_int(proof.get(key)):
             problems.append(f"proof.{key} is not an integer")
-    path = proof.get("path")
+    path: Any = proof.get("path")
     if type(path) is not list:
         problems.append("proof.path is not a list")
     elif len(path) > MAX_PATH:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anchors import merkle
+from ledger.audit import merkle
 
 # --- golden vectors (prior-art §3.2) ------------------------------------------------------------
 
@@ -322,3 +322,28 @@ def test_bad_inputs() -> None:
         merkle.inclusion_proof(leaves, 5)
     with pytest.raises(IndexError):
         merkle.inclusion_proof(leaves, -1)
+
+
+# --- the auditor's entry points (formerly a separate copy in ledger/merkle_verify.py) ------------
+
+
+def test_record_leaf_is_the_contract_leaf() -> None:
+    h = hashlib.sha256(b"x").hexdigest()
+    assert merkle.record_leaf(h) == merkle.leaf_hash(bytes.fromhex(h)) == hashlib.sha256(b"\x00" + bytes.fromhex(h)).digest()
+    with pytest.raises(ValueError):
+        merkle.record_leaf("ab" * 31)
+    with pytest.raises(ValueError):
+        merkle.record_leaf("zz" * 32)
+
+
+def test_wrong_hash_lengths_are_refused_not_raised() -> None:
+    leaf = merkle.leaf_hash(b"a")
+    assert not merkle.verify_inclusion(leaf[:31], 0, 1, [], leaf)
+    assert not merkle.verify_inclusion(leaf, 0, 2, [b"\x00" * 31], leaf)
+    assert not merkle.verify_inclusion(leaf, 0, 1, [], leaf[:31])
+    assert not merkle.verify_inclusion(leaf, True, 2, [leaf], leaf)  # bool is not an index
+
+
+def test_no_valid_path_is_longer_than_max_path() -> None:
+    leaf = merkle.leaf_hash(b"a")
+    assert not merkle.verify_inclusion(leaf, 0, 1 << 64, [leaf] * (merkle.MAX_PATH + 1), leaf)

@@ -17,6 +17,9 @@ golden vectors hash leaves of 0 to 16 bytes).
 
 The on-chain verifier (``AuditAnchor.verifyInclusion``) implements the same §2.1.3.2 algorithm as
 `verify_inclusion` below, byte for byte.
+
+The one copy of these rules: the EVM anchor builds its batch roots with it, the broker and
+`audit prove` build inclusion proofs with it, and the offline auditor checks proof bundles with it.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from collections.abc import Iterable, Sequence
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
+    "MAX_PATH",
     "inclusion_proof",
     "inclusion_proof_from_leaf_hashes",
     "leaf_hash",
     "leaves_from_record_hashes",
     "node_hash",
+    "record_leaf",
     "root",
     "root_from_inclusion_proof",
     "root_of_leaf_hashes",
@@ -40,6 +45,7 @@ __all__ = [
 ]
 
 HASH_SIZE = 32
+MAX_PATH = 64  # a tree of at most 2**64 leaves: no valid audit path is longer
 LEAF_PREFIX = b"\x00"
 NODE_PREFIX = b"\x01"
 EMPTY_ROOT = hashlib.sha256(b"").digest()
@@ -54,7 +60,7 @@ def _as_bytes(value: object, what: str) -> bytes:
     return bytes(value)
 
 
-def leaf_hash(data: bytes) -> bytes:
+def leaf_hash(data: bytes | bytearray | memoryview) -> bytes:
     """``SHA-256(0x00 || data)``: the hash of one leaf (a record hash in our use)."""
     return _sha256(LEAF_PREFIX + _as_bytes(data, "leaf data")).digest()
 
@@ -62,6 +68,14 @@ def leaf_hash(data: bytes) -> bytes:
 def node_hash(left: bytes, right: bytes) -> bytes:
     """``SHA-256(0x01 || left || right)``: an interior node."""
     return _sha256(NODE_PREFIX + left + right).digest()
+
+
+def record_leaf(record_hash_hex: str) -> bytes:
+    """The leaf hash of a ledger record hash given as 64 hex digits. Raises ValueError otherwise."""
+    raw = bytes.fromhex(record_hash_hex)
+    if len(raw) != HASH_SIZE:
+        raise ValueError(f"record hash must be {HASH_SIZE} bytes, got {len(raw)}")
+    return leaf_hash(raw)
 
 
 def leaves_from_record_hashes(record_hashes: Iterable[str]) -> list[bytes]:
