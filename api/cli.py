@@ -5,7 +5,9 @@ bad value with one `BOOT_FAIL` line (exit 1), and serves until SIGINT/SIGTERM.
 
 `dev` runs everything locally under one state directory: it points every `BROKER_*` path there,
 writes `DIR/dev.json` describing what it started, serves until SIGINT/SIGTERM, then stops every
-child process it started. Later parts (anvil, moto) add themselves as children.
+child process it started (anvil, moto). A `BROKER_*` variable present in the environment wins
+over dev's defaults (policy, anchors, ...), except what dev owns (`DEV_OWNED_VARIABLES`: ignored
+with a warning).
 """
 
 from __future__ import annotations
@@ -157,12 +159,16 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
     from .keys import dev_keyfile
 
     aws = bootstrap_dev_aws(moto.endpoint)
-    env.update(dev_broker_env(aws))
+    owned: dict[str, str] = {}
+    defaults: dict[str, str] = {}
+    for name, value in dev_broker_env(aws).items():
+        (owned if name in DEV_OWNED_VARIABLES else defaults)[name] = value
     chain = start_dev_chain(state_dir, children)
-    env.update(chain["env"])
+    for name, value in chain["env"].items():
+        (owned if name in DEV_OWNED_VARIABLES else defaults)[name] = value
 
     url = f"http://{args.host}:{args.port}"
-    env.update({
+    owned.update({
         "BROKER_OIDC_ISSUER": url,
         "BROKER_OIDC_KEYPAIR_PATH": str(dev_keyfile(state_dir, "oidc")),
         "BROKER_SESSION_KEYPAIR_PATH": str(dev_keyfile(state_dir, "session")),
@@ -170,10 +176,15 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
         "BROKER_LEDGER_DB": str(state_dir / "ledger.sqlite"),
         "BROKER_SQLITE_ANCHOR_DB": str(state_dir / "anchor.sqlite"),
         "BROKER_PROJECTIONS_DB": str(state_dir / "projections.sqlite"),
+    })
+    defaults.update({
         "BROKER_AUDIT_ANCHORS": "sqlite,evm",
         "BROKER_AUDIT_POLICY": "dual_strict",
         "BROKER_DEV_MODE": "true",
     })
+    env, ignored = dev_environment(env, owned=owned, defaults=defaults)
+    for name in ignored:
+        log.warning("dev: ignoring %s from the environment: dev owns it (set by dev under --state-dir)", name)
     config, services = _boot(env)
     info: dict[str, Any] = {
         "url": url,
@@ -190,6 +201,8 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
         "evm_state_db": str(config.evm.state_path) if config.evm else None,
         "sts_endpoint": aws["sts_endpoint"],
         "aws": aws,
+        "audit_policy": config.audit_policy,
+        "audit_anchors": list(config.anchors),
         "pids": {"broker": os.getpid(), "sts": moto.pid, "anvil": chain["pid"]},
     }
     dev_json = state_dir / "dev.json"
@@ -199,6 +212,7 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
     print(
         f"AgentKeys broker (dev) on {url}\n"
         f"  state:  {state_dir}  (described in {dev_json})\n"
+        f"  policy: {config.audit_policy}  anchors: {','.join(config.anchors)}\n"
         f"  try:    curl {url}/readyz ; curl {url}/v1/audit/head\n"
         f"  audit:  agentkeys-broker audit verify --db {config.ledger_db} --anchor-db {config.anchor_db}\n"
         f"  docs:   {url}/schema  (OpenAPI)\n"
@@ -208,6 +222,41 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
     _startup_check(services, skip=False)
     _run_server(services, args.host, args.port)
     return 0
+
+
+#: What `dev` owns (design §8 "Files and commands"): the paths, keys, issuer, RPC/contract and STS
+#: endpoint it sets up under its state directory. Present in the environment, they are ignored with
+#: a warning; every other `BROKER_*` variable present (even empty) wins over dev's defaults.
+DEV_OWNED_VARIABLES: frozenset[str] = frozenset({
+    "BROKER_DATA_DIR", "BROKER_LEDGER_DB", "BROKER_SQLITE_ANCHOR_DB", "BROKER_PROJECTIONS_DB",
+    "BROKER_DATABASE_URL", "BROKER_SPILL_PATH", "BROKER_EVM_STATE_DB",
+    "BROKER_OIDC_KEYPAIR_PATH", "BROKER_SESSION_KEYPAIR_PATH",
+    "BROKER_EVM_FEE_PAYER_KEYSTORE", "BROKER_EVM_FEE_PAYER_PASSWORD_FILE",
+    "BROKER_OIDC_ISSUER",
+    "BROKER_EVM_RPC_URL", "BROKER_EVM_CHAIN_ID", "BROKER_EVM_CONTRACT_ADDRESS",
+    "BROKER_STS_ENDPOINT_URL",
+})
+
+
+def dev_environment(environ: dict[str, str], *, owned: dict[str, str],
+                    defaults: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The environment `dev` boots the broker with, and the names it ignored.
+
+    `owned` values always apply (a variable of `DEV_OWNED_VARIABLES` present in `environ` is
+    dropped and named in the second result, even if dev sets no value for it, so the broker falls
+    back to its default under the state directory); a `BROKER_*` variable present in `environ`, even
+    empty, wins over `defaults`; other defaults (the moto credentials `DAEMON_*`) always apply."""
+    env = dict(environ)
+    ignored = sorted(name for name in env if name in DEV_OWNED_VARIABLES)
+    for name in ignored:
+        del env[name]
+    env.update(owned)
+    for name, value in defaults.items():
+        if name.startswith("BROKER_"):
+            env.setdefault(name, value)
+        else:
+            env[name] = value
+    return env, ignored
 
 
 def start_dev_chain(state_dir: Path, children: list[Any]) -> dict[str, Any]:

@@ -86,3 +86,78 @@ def test_serve_with_a_bad_setting_exits_1_with_one_boot_fail_line(tmp_path: Path
     lines = [l for l in out.stderr.splitlines() if l.strip()]
     assert len(lines) == 1, out.stderr
     assert 'BOOT_FAIL: BROKER_LEDGER_BATCH_MAX="0": must be an integer in [1, 10000]; see runbook §ledger-batching' in lines[0]
+
+
+def _start_dev(state: Path, env: dict[str, str], port: int | None = None) -> tuple[subprocess.Popen, dict, int]:
+    """`dev` on a free port; returns the process, its dev.json and the port once /healthz answers."""
+    port = port or free_port()
+    dev_json = state / "dev.json"
+    if dev_json.exists():
+        dev_json.unlink()
+    proc = subprocess.Popen([cli_path(), "dev", "--port", str(port), "--state-dir", str(state)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if dev_json.exists():
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    return proc, json.loads(dev_json.read_text()), port
+            except httpx.HTTPError:
+                pass
+        if proc.poll() is not None:
+            raise AssertionError(f"dev exited {proc.returncode}: {proc.communicate()[1]}")
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"dev did not come up: {proc.communicate()[1]}")
+
+
+def _stop_dev(proc: subprocess.Popen) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.communicate()[1]
+
+
+def test_dev_honours_broker_audit_policy_from_the_environment_and_ignores_what_it_owns(
+        tmp_path: Path, subprocess_env) -> None:
+    state = tmp_path / "state"
+    elsewhere = tmp_path / "elsewhere.sqlite"
+    env = dict(subprocess_env, BROKER_AUDIT_POLICY="sqlite_primary", BROKER_LEDGER_DB=str(elsewhere))
+    proc, info, _ = _start_dev(state, env)
+    try:
+        assert info["audit_policy"] == "sqlite_primary"
+        assert info["audit_anchors"] == ["sqlite", "evm"]
+        assert info["ledger_db"] == str(state.resolve() / "ledger.sqlite")
+        ready = httpx.get(info["url"] + "/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+        from tests.support import Wallet, sign_in
+
+        with httpx.Client(base_url=info["url"], timeout=30) as c:  # released on SQLite alone
+            session = sign_in(c, Wallet())
+        assert "sqlite" in session["anchored"]
+    finally:
+        err = _stop_dev(proc)
+    assert not elsewhere.exists()
+    assert "policy: sqlite_primary  anchors: sqlite,evm" in err
+    warnings = [line for line in err.splitlines() if "ignoring BROKER_LEDGER_DB" in line]
+    assert len(warnings) == 1, err
+    assert "Traceback" not in err
+
+
+def test_dev_keeps_its_default_policy_when_the_environment_has_none(tmp_path: Path, subprocess_env) -> None:
+    from api.cli import dev_environment
+
+    environ = {"BROKER_AUDIT_ANCHORS": "", "BROKER_STS_ENDPOINT_URL": "http://x", "PATH": "/bin",
+               "DAEMON_ACCESS_KEY_ID": "real"}
+    env, ignored = dev_environment(environ, owned={"BROKER_DATA_DIR": "/s"},
+                                   defaults={"BROKER_AUDIT_POLICY": "dual_strict", "BROKER_AUDIT_ANCHORS": "sqlite,evm",
+                                             "DAEMON_ACCESS_KEY_ID": "testing"})
+    assert ignored == ["BROKER_STS_ENDPOINT_URL"]
+    assert "BROKER_STS_ENDPOINT_URL" not in env
+    assert env["BROKER_AUDIT_ANCHORS"] == ""  # present, even empty: the environment wins
+    assert env["BROKER_AUDIT_POLICY"] == "dual_strict"
+    assert env["BROKER_DATA_DIR"] == "/s" and env["PATH"] == "/bin"
+    assert env["DAEMON_ACCESS_KEY_ID"] == "testing"  # the moto credentials are dev's
