@@ -17,6 +17,7 @@ _GROUPS = (
     ("anchors.audit_cli", "register"),  # audit prove|verify-proof; verify --rpc/--contract/--checkpoint (after ledger.audit_cli)
     ("projections.cli", "register"),  # projections rebuild
     ("anchors.cli", "register"),      # anchors keystore|deploy|status
+    ("api.backup_cli", "register"),   # backup, restore
 )
 
 
