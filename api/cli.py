@@ -260,17 +260,21 @@ def dev_environment(environ: dict[str, str], *, owned: dict[str, str],
 
 
 def start_dev_chain(state_dir: Path, children: list[Any]) -> dict[str, Any]:
-    """anvil (chain id 84532, automine) from node_modules, a fee-payer keystore in the state
-    directory, and a freshly deployed AuditAnchor whose submitter is that fee payer. A new chain
-    each run, so the anchor's bookkeeping file from a previous run is moved aside."""
+    """anvil (chain id 84532, automine) from node_modules, its chain kept in
+    `<state_dir>/anvil-state.json` (`--state`, written every second, so a restart — even after a
+    SIGKILL — continues the same chain), a fee-payer keystore in the state directory, and the
+    AuditAnchor the EVM anchor's state file names, reused when the chain still holds it; else a
+    freshly deployed one whose submitter is that fee payer (a lost chain: the EVM anchor sees the
+    new genesis, records `AnchorContractChanged{chain_changed}` and re-anchors in full batches)."""
     from ledger.errors import CommandError
 
     from anchors.chain_tools import deploy
     from anchors.dev_chain import Anvil
     from anchors.evm_keys import write_keystore
 
+    anvil_state = state_dir / "anvil-state.json"
     try:
-        node = Anvil().start()
+        node = Anvil("--state", str(anvil_state), "--state-interval", "1").start()
     except Exception as exc:
         raise CommandError(f"cannot start anvil (run `make install`; node_modules holds it): {exc}", code=1) from None
     children.append(node)
@@ -284,21 +288,34 @@ def start_dev_chain(state_dir: Path, children: list[Any]) -> dict[str, Any]:
     if keystore.exists():
         keystore.unlink()
     write_keystore(keystore, password_file.read_text().strip(), fee_payer_key, kdf="pbkdf2", iterations=1000)
-    deployment = deploy(node.web3(), fee_payer_key, node.accounts[0].address if hasattr(node.accounts[0], "address") else node.accounts[0])
     evm_state = state_dir / "evm-anchor.sqlite"
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        old = Path(str(evm_state) + suffix)
-        if old.exists():
-            old.rename(Path(str(old) + ".previous-chain"))
+    w3 = node.web3()
+    address = _dev_contract_in_use(w3, evm_state)
+    if address is None:
+        from eth_account import Account
+
+        fee_payer = Account.from_key(fee_payer_key)
+        address = deploy(w3, fee_payer, fee_payer.address).address
+        held = _dev_evm_state_contract(evm_state)
+        if held is not None and held != address.lower():  # bound to another address: cannot continue it
+            for suffix in ("", "-wal", "-shm", ".lock"):
+                old = Path(str(evm_state) + suffix)
+                if old.exists():
+                    old.rename(Path(str(old) + ".previous-chain"))
+        log.info("dev: deployed AuditAnchor at %s", address)
+    else:
+        log.info("dev: continuing the chain in %s (AuditAnchor %s)", anvil_state, address)
+    deployment_address = address
     return {
         "rpc_url": node.rpc_url,
         "chain_id": node.chain_id,
-        "contract_address": deployment.address,
+        "contract_address": deployment_address,
+        "anvil_state": str(anvil_state),
         "pid": node.pid,
         "env": {
             "BROKER_EVM_RPC_URL": node.rpc_url,
             "BROKER_EVM_CHAIN_ID": str(node.chain_id),
-            "BROKER_EVM_CONTRACT_ADDRESS": deployment.address,
+            "BROKER_EVM_CONTRACT_ADDRESS": deployment_address,
             "BROKER_EVM_FEE_PAYER_KEYSTORE": str(keystore),
             "BROKER_EVM_FEE_PAYER_PASSWORD_FILE": str(password_file),
             "BROKER_EVM_CONFIRMATIONS": "0",  # automine: a receipt is final on this local chain
@@ -306,3 +323,36 @@ def start_dev_chain(state_dir: Path, children: list[Any]) -> dict[str, Any]:
             "BROKER_EVM_STATE_DB": str(evm_state),
         },
     }
+
+
+def _dev_evm_state_contract(evm_state: Path) -> str | None:
+    """The contract address an EVM anchor state file is bound to (None: no file or no binding)."""
+    import sqlite3
+
+    if not evm_state.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"{evm_state.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute("SELECT value FROM evm_meta WHERE key = 'contract'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return str(row[0]).lower() if row else None
+
+
+def _dev_contract_in_use(w3: Any, evm_state: Path) -> str | None:
+    """The state file's contract if this chain holds an AuditAnchor there (a restarted `dev`)."""
+    from anchors.chain_tools import code_matches_artifact
+
+    held = _dev_evm_state_contract(evm_state)
+    if held is None:
+        return None
+    from web3 import Web3
+
+    address = Web3.to_checksum_address(held)
+    try:
+        return address if code_matches_artifact(w3, address) else None
+    except Exception:  # an unreadable chain: deploy afresh
+        return None

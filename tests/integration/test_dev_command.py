@@ -161,3 +161,108 @@ def test_dev_keeps_its_default_policy_when_the_environment_has_none(tmp_path: Pa
     assert env["BROKER_AUDIT_POLICY"] == "dual_strict"
     assert env["BROKER_DATA_DIR"] == "/s" and env["PATH"] == "/bin"
     assert env["DAEMON_ACCESS_KEY_ID"] == "testing"  # the moto credentials are dev's
+
+
+def _gone(pid: int, timeout: float = 15.0) -> bool:
+    import os
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _rpc(url: str, method: str, params: list) -> object:
+    return httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}, timeout=10).json()["result"]
+
+
+def test_dev_sigkilled_leaves_no_orphans_and_a_restart_continues_the_same_chain(tmp_path: Path, subprocess_env) -> None:
+    """SIGKILL of `dev` takes anvil and moto with it (parent-death signal); the next `dev` on the same
+    state directory continues the same chain and contract, so a proof taken before still verifies."""
+    import sqlite3
+
+    from tests.support import Wallet, sign_in
+
+    state = tmp_path / "state"
+    proc, info, port = _start_dev(state, subprocess_env)
+    try:
+        with httpx.Client(base_url=info["url"], timeout=30) as c:
+            session = sign_in(c, Wallet())
+        assert sorted(session["anchored"]) == ["evm", "sqlite"]
+        genesis = _rpc(info["rpc_url"], "eth_getBlockByNumber", ["0x0", False])["hash"]
+        bundle = tmp_path / "proof.json"
+        prove = subprocess.run([cli_path(), "audit", "prove", "--seq", str(session["seq"]), "--db", info["ledger_db"],
+                                "--rpc", info["rpc_url"], "--contract", info["contract_address"], "--out", str(bundle)],
+                               cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=60)
+        assert prove.returncode == 0, prove.stderr
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert _gone(info["pids"]["anvil"]), "anvil outlived a SIGKILLed dev"
+    assert _gone(info["pids"]["sts"]), "moto outlived a SIGKILLed dev"
+
+    proc, again, _ = _start_dev(state, subprocess_env)
+    try:
+        assert again["contract_address"] == info["contract_address"]
+        assert _rpc(again["rpc_url"], "eth_getBlockByNumber", ["0x0", False])["hash"] == genesis
+        verify = subprocess.run([cli_path(), "audit", "verify-proof", str(bundle), "--rpc", again["rpc_url"],
+                                 "--contract", again["contract_address"]],
+                                cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=60)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        with httpx.Client(base_url=again["url"], timeout=30) as c:  # and it keeps anchoring on that chain
+            assert sorted(sign_in(c, Wallet())["anchored"]) == ["evm", "sqlite"]
+    finally:
+        err = _stop_dev(proc)
+    assert "Traceback" not in err
+    conn = sqlite3.connect(f"file:{state / 'ledger.sqlite'}?mode=ro", uri=True)
+    try:
+        changes = [json.loads(r[0])["data"] for r in conn.execute(
+            "SELECT e.state FROM stored_events e WHERE e.topic = 'AnchorContractChanged'")]
+    finally:
+        conn.close()
+    assert len(changes) == 1 and changes[0]["genesis_hash"] == genesis and "reason" not in changes[0]
+
+
+def test_dev_on_a_lost_chain_records_the_change_and_re_anchors(tmp_path: Path, subprocess_env) -> None:
+    """The chain file is lost between two runs: the new chain has the contract at the same address,
+    so only its genesis tells them apart; the change is recorded and the old records re-anchored."""
+    import sqlite3
+
+    from tests.support import Wallet, sign_in
+
+    state = tmp_path / "state"
+    proc, info, _ = _start_dev(state, subprocess_env)
+    try:
+        with httpx.Client(base_url=info["url"], timeout=30) as c:
+            first = sign_in(c, Wallet())
+    finally:
+        _stop_dev(proc)
+    (state / "anvil-state.json").unlink()
+    proc, again, _ = _start_dev(state, subprocess_env)
+    try:
+        assert again["contract_address"] == info["contract_address"]  # same deployer, same nonce
+        with httpx.Client(base_url=again["url"], timeout=30) as c:
+            assert sorted(sign_in(c, Wallet())["anchored"]) == ["evm", "sqlite"]
+        contract = again["contract_address"]
+        last_seq = _rpc(again["rpc_url"], "eth_call", [{"to": contract, "data": "0x" + _selector("lastSeq()")}, "latest"])
+        assert int(last_seq, 16) > first["seq"]  # the old records are anchored on the new chain too
+    finally:
+        _stop_dev(proc)
+    conn = sqlite3.connect(f"file:{state / 'ledger.sqlite'}?mode=ro", uri=True)
+    try:
+        changes = [json.loads(r[0])["data"] for r in conn.execute(
+            "SELECT e.state FROM stored_events e WHERE e.topic = 'AnchorContractChanged'")]
+    finally:
+        conn.close()
+    assert [c.get("reason") for c in changes] == [None, "chain_changed"]
+    assert changes[0]["genesis_hash"] != changes[1]["genesis_hash"]
+
+
+def _selector(signature: str) -> str:
+    from eth_utils import keccak
+
+    return keccak(text=signature)[:4].hex()
