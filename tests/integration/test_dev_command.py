@@ -199,6 +199,11 @@ def test_dev_sigkilled_leaves_no_orphans_and_a_restart_continues_the_same_chain(
                                 "--rpc", info["rpc_url"], "--contract", info["contract_address"], "--out", str(bundle)],
                                cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=60)
         assert prove.returncode == 0, prove.stderr
+        time.sleep(1.5)  # anvil writes its state file every second
+        snap = tmp_path / "snap"  # an online backup of the running dev, keys included
+        done = subprocess.run([cli_path(), "backup", "--out", str(snap), "--state-dir", str(state), "--include-keys"],
+                              cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
     finally:
         proc.kill()
         proc.wait(10)
@@ -225,6 +230,27 @@ def test_dev_sigkilled_leaves_no_orphans_and_a_restart_continues_the_same_chain(
     finally:
         conn.close()
     assert len(changes) == 1 and changes[0]["genesis_hash"] == genesis and "reason" not in changes[0]
+
+    # the snapshot restored into a new state directory: dev runs from it, on the same chain
+    manifest = json.loads((snap / "manifest.json").read_text())
+    assert {"anvil-state.json", "evm-anchor.sqlite", "keys/fee-payer.keystore.json"} <= set(manifest["files"])
+    restored = tmp_path / "restored"
+    done = subprocess.run([cli_path(), "restore", str(snap), "--state-dir", str(restored)],
+                          cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    proc, third, _ = _start_dev(restored, subprocess_env)
+    try:
+        assert third["contract_address"] == info["contract_address"]
+        assert _rpc(third["rpc_url"], "eth_getBlockByNumber", ["0x0", False])["hash"] == genesis
+        verify = subprocess.run([cli_path(), "audit", "verify-proof", str(bundle), "--rpc", third["rpc_url"],
+                                 "--contract", third["contract_address"]],
+                                cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=60)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        with httpx.Client(base_url=third["url"], timeout=30) as c:
+            assert sorted(sign_in(c, Wallet())["anchored"]) == ["evm", "sqlite"]
+    finally:
+        err = _stop_dev(proc)
+    assert "Traceback" not in err
 
 
 def test_dev_on_a_lost_chain_records_the_change_and_re_anchors(tmp_path: Path, subprocess_env) -> None:
