@@ -16,11 +16,12 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]  # the project checkout (node_modules lives here)
 DEFAULT_ANVIL_BIN = ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
@@ -42,6 +43,27 @@ WELL_KNOWN_KEYS: tuple[str, ...] = (
 
 _LISTENING = re.compile(r"Listening on ([0-9.]+):(\d+)")
 _KEY_LINE = re.compile(r"^\s*\((\d+)\)\s+(0x[0-9a-fA-F]{64})\s*$")
+
+
+def die_with_parent_preexec() -> Callable[[], None] | None:
+    """A `preexec_fn` (Linux) that makes the child get SIGTERM when the thread that started it
+    dies (PR_SET_PDEATHSIG), so a SIGKILLed `dev` or test run leaves no orphan; if the parent is
+    already gone by then, the child ends itself at once. None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:  # pragma: no cover - runs in the child between fork and exec
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except Exception:
+            return
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def anvil_bin() -> Path:
@@ -93,6 +115,7 @@ class Anvil:
             text=True,
             bufsize=1,
             start_new_session=True,  # a Ctrl-C in the terminal does not hit it before we do
+            preexec_fn=die_with_parent_preexec(),  # and it never outlives its parent
         )
         listening = threading.Event()
         keys: list[tuple[int, str]] = []

@@ -158,6 +158,11 @@ class EvmAnchor(EvmBatcher):
         self._probe_future: Future[_Probe] | None = None
         self._probe_lock = threading.Lock()
         self._ready_cache: tuple[float, dict[str, Readiness]] | None = None
+        # chain identity (issue 14): block 0's hash, checked with the chain; see _check_genesis
+        self.genesis_hash: str | None = self._store.meta().get("genesis_hash")
+        self.start_seq: int | None = None
+        self.on_chain_changed: Callable[[], None] | None = None
+        self._genesis_lock = threading.Lock()
 
     def submit(self, records: Sequence[ChainRecord]) -> None:
         records = list(records)

@@ -93,6 +93,11 @@ class EvmChainReader:
     _confirmed: int
     _last_batched: int
     _arrivals: deque[tuple[int, float]]
+    # chain identity (issue 14): block 0's hash, checked with the chain; see _check_genesis
+    genesis_hash: str | None
+    start_seq: int | None
+    on_chain_changed: Callable[[], None] | None
+    _genesis_lock: threading.Lock
 
     def _web3(self) -> Any:
         w3 = getattr(self._tls, "w3", None)
@@ -134,6 +139,47 @@ class EvmChainReader:
         problem = self._contract_problem(w3)
         if problem:
             raise AnchorUnavailable(f"{self.name}: {problem}")
+        self._check_genesis(w3)
+
+    # -- chain identity (issue 14: a chain change is recorded; re-anchoring after it packs batches) --
+
+    def _check_genesis(self, w3: Any) -> None:
+        """Chains are identified by block 0's hash. The first check records it in the state file; a
+        different one later means the chain this state's batches were sent to is gone (a fresh dev
+        node, a wiped testnet): `_chain_replaced`."""
+        genesis = _hx(w3.eth.get_block(0)["hash"])
+        start_seq = int(self._contract(w3).functions.startSeq().call())
+        with self._genesis_lock:
+            self.start_seq = start_seq
+            held = self._store.meta().get("genesis_hash")
+            if held is None:
+                self._store.set_meta("genesis_hash", genesis)
+            elif held != genesis:
+                self._chain_replaced(held, genesis)
+            changed = self.genesis_hash != genesis
+            self.genesis_hash = genesis
+        if changed and self.on_chain_changed is not None:
+            try:
+                self.on_chain_changed()
+            except Exception:  # recording is the caller's business; anchoring goes on
+                log.exception("evm anchor: recording the chain change failed")
+
+    def _chain_replaced(self, old: str, new: str) -> None:
+        """Forget every batch of the old chain (its receipts, blocks and nonces mean nothing on this
+        one) and re-cut the accepted records into full batches (`batch_max` records per
+        transaction), instead of re-sending the old batches one transaction each."""
+        dropped = self._store.forget_batches(genesis_hash=new)
+        self._last_batched = 0
+        self._confirmed = self._store.confirmed_upto()
+        self._arrivals.clear()  # every accepted record is now old: cut at once
+        w = self._w
+        w.open_batch = False
+        w.tracked_head = None
+        w.reorg_head = None
+        w.sent_at.clear()
+        log.warning("evm anchor: CHAIN REPLACED: genesis %s -> %s (same chain id %d); %d batch(es) of the old chain "
+                    "forgotten, records 1..%d are re-anchored on this chain, up to %d per transaction",
+                    old, new, self.config.chain_id, dropped, self._accepted, self.config.batch_max)
 
     def _block_hash(self, w3: Any, number: int) -> str | None:
         from web3.exceptions import BlockNotFound

@@ -391,6 +391,27 @@ class EvmStore:
 
         return self._run(op, write=True)
 
+    # --- chain replacement (issue 14) ----------------------------------------------------------
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Overwrite one `evm_meta` value (the chain's genesis hash after a chain replacement)."""
+        self._run(lambda c: c.execute("INSERT OR REPLACE INTO evm_meta (key, value) VALUES (?, ?)", (key, value)),
+                  write=True)
+
+    def forget_batches(self, *, genesis_hash: str) -> int:
+        """The chain these batches were sent to is gone (another genesis): drop every batch and its
+        transactions and record the new chain, in one transaction. The accepted records stay; they
+        are re-cut into full batches. Returns the number of batches dropped."""
+
+        def op(c: sqlite3.Connection) -> int:
+            n = int(c.execute("SELECT COUNT(*) FROM evm_batches").fetchone()[0])
+            c.execute("DELETE FROM evm_txs")
+            c.execute("DELETE FROM evm_batches")
+            c.execute("INSERT OR REPLACE INTO evm_meta (key, value) VALUES ('genesis_hash', ?)", (genesis_hash,))
+            return n
+
+        return self._run(op, write=True)
+
     def confirmed_upto(self) -> int:
         def op(c: sqlite3.Connection) -> int:
             # every batch below the lowest unconfirmed one is confirmed: the one just below it ends

@@ -5,7 +5,9 @@ bad value with one `BOOT_FAIL` line (exit 1), and serves until SIGINT/SIGTERM.
 
 `dev` runs everything locally under one state directory: it points every `BROKER_*` path there,
 writes `DIR/dev.json` describing what it started, serves until SIGINT/SIGTERM, then stops every
-child process it started. Later parts (anvil, moto) add themselves as children.
+child process it started (anvil, moto). A `BROKER_*` variable present in the environment wins
+over dev's defaults (policy, anchors, ...), except what dev owns (`DEV_OWNED_VARIABLES`: ignored
+with a warning).
 """
 
 from __future__ import annotations
@@ -173,12 +175,16 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
     from .keys import dev_keyfile
 
     aws = bootstrap_dev_aws(moto.endpoint)
-    env.update(dev_broker_env(aws))
+    owned: dict[str, str] = {}
+    defaults: dict[str, str] = {}
+    for name, value in dev_broker_env(aws).items():
+        (owned if name in DEV_OWNED_VARIABLES else defaults)[name] = value
     chain = start_dev_chain(state_dir, children)
-    env.update(chain["env"])
+    for name, value in chain["env"].items():
+        (owned if name in DEV_OWNED_VARIABLES else defaults)[name] = value
 
     url = f"http://{args.host}:{args.port}"
-    env.update({
+    owned.update({
         "BROKER_OIDC_ISSUER": url,
         "BROKER_OIDC_KEYPAIR_PATH": str(dev_keyfile(state_dir, "oidc")),
         "BROKER_SESSION_KEYPAIR_PATH": str(dev_keyfile(state_dir, "session")),
@@ -186,10 +192,15 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
         "BROKER_LEDGER_DB": str(state_dir / "ledger.sqlite"),
         "BROKER_SQLITE_ANCHOR_DB": str(state_dir / "anchor.sqlite"),
         "BROKER_PROJECTIONS_DB": str(state_dir / "projections.sqlite"),
+    })
+    defaults.update({
         "BROKER_AUDIT_ANCHORS": "sqlite,evm",
         "BROKER_AUDIT_POLICY": "dual_strict",
         "BROKER_DEV_MODE": "true",
     })
+    env, ignored = dev_environment(env, owned=owned, defaults=defaults)
+    for name in ignored:
+        log.warning("dev: ignoring %s from the environment: dev owns it (set by dev under --state-dir)", name)
     config, services = _boot(env)
     info: dict[str, Any] = {
         "url": url,
@@ -206,6 +217,8 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
         "evm_state_db": str(config.evm.state_path) if config.evm else None,
         "sts_endpoint": aws["sts_endpoint"],
         "aws": aws,
+        "audit_policy": config.audit_policy,
+        "audit_anchors": list(config.anchors),
         "pids": {"broker": os.getpid(), "sts": moto.pid, "anvil": chain["pid"]},
     }
     dev_json = state_dir / "dev.json"
@@ -215,6 +228,7 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
     print(
         f"AgentKeys broker (dev) on {url}\n"
         f"  state:  {state_dir}  (described in {dev_json})\n"
+        f"  policy: {config.audit_policy}  anchors: {','.join(config.anchors)}\n"
         f"  try:    curl {url}/readyz ; curl {url}/v1/audit/head\n"
         f"  audit:  agentkeys-broker audit verify --db {config.ledger_db} --anchor-db {config.anchor_db}\n"
         f"  docs:   {url}/schema  (OpenAPI)\n"
@@ -226,18 +240,57 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
     return 0
 
 
+#: What `dev` owns (design §8 "Files and commands"): the paths, keys, issuer, RPC/contract and STS
+#: endpoint it sets up under its state directory. Present in the environment, they are ignored with
+#: a warning; every other `BROKER_*` variable present (even empty) wins over dev's defaults.
+DEV_OWNED_VARIABLES: frozenset[str] = frozenset({
+    "BROKER_DATA_DIR", "BROKER_LEDGER_DB", "BROKER_SQLITE_ANCHOR_DB", "BROKER_PROJECTIONS_DB",
+    "BROKER_DATABASE_URL", "BROKER_SPILL_PATH", "BROKER_EVM_STATE_DB",
+    "BROKER_OIDC_KEYPAIR_PATH", "BROKER_SESSION_KEYPAIR_PATH",
+    "BROKER_EVM_FEE_PAYER_KEYSTORE", "BROKER_EVM_FEE_PAYER_PASSWORD_FILE",
+    "BROKER_OIDC_ISSUER",
+    "BROKER_EVM_RPC_URL", "BROKER_EVM_CHAIN_ID", "BROKER_EVM_CONTRACT_ADDRESS",
+    "BROKER_STS_ENDPOINT_URL",
+})
+
+
+def dev_environment(environ: dict[str, str], *, owned: dict[str, str],
+                    defaults: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The environment `dev` boots the broker with, and the names it ignored.
+
+    `owned` values always apply (a variable of `DEV_OWNED_VARIABLES` present in `environ` is
+    dropped and named in the second result, even if dev sets no value for it, so the broker falls
+    back to its default under the state directory); a `BROKER_*` variable present in `environ`, even
+    empty, wins over `defaults`; other defaults (the moto credentials `DAEMON_*`) always apply."""
+    env = dict(environ)
+    ignored = sorted(name for name in env if name in DEV_OWNED_VARIABLES)
+    for name in ignored:
+        del env[name]
+    env.update(owned)
+    for name, value in defaults.items():
+        if name.startswith("BROKER_"):
+            env.setdefault(name, value)
+        else:
+            env[name] = value
+    return env, ignored
+
+
 def start_dev_chain(state_dir: Path, children: list[Any]) -> dict[str, Any]:
-    """anvil (chain id 84532, automine) from node_modules, a fee-payer keystore in the state
-    directory, and a freshly deployed AuditAnchor whose submitter is that fee payer. A new chain
-    each run, so the anchor's bookkeeping file from a previous run is moved aside."""
+    """anvil (chain id 84532, automine) from node_modules, its chain kept in
+    `<state_dir>/anvil-state.json` (`--state`, written every second, so a restart — even after a
+    SIGKILL — continues the same chain), a fee-payer keystore in the state directory, and the
+    AuditAnchor the EVM anchor's state file names, reused when the chain still holds it; else a
+    freshly deployed one whose submitter is that fee payer (a lost chain: the EVM anchor sees the
+    new genesis, records `AnchorContractChanged{chain_changed}` and re-anchors in full batches)."""
     from ledger.errors import CommandError
 
     from anchors.chain_tools import deploy
     from anchors.dev_chain import Anvil
     from anchors.evm_keys import write_keystore
 
+    anvil_state = state_dir / "anvil-state.json"
     try:
-        node = Anvil().start()
+        node = Anvil("--state", str(anvil_state), "--state-interval", "1").start()
     except Exception as exc:
         raise CommandError(f"cannot start anvil (run `make install`; node_modules holds it): {exc}", code=1) from None
     children.append(node)
@@ -251,21 +304,34 @@ def start_dev_chain(state_dir: Path, children: list[Any]) -> dict[str, Any]:
     if keystore.exists():
         keystore.unlink()
     write_keystore(keystore, password_file.read_text().strip(), fee_payer_key, kdf="pbkdf2", iterations=1000)
-    deployment = deploy(node.web3(), fee_payer_key, node.accounts[0].address if hasattr(node.accounts[0], "address") else node.accounts[0])
     evm_state = state_dir / "evm-anchor.sqlite"
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        old = Path(str(evm_state) + suffix)
-        if old.exists():
-            old.rename(Path(str(old) + ".previous-chain"))
+    w3 = node.web3()
+    address = _dev_contract_in_use(w3, evm_state)
+    if address is None:
+        from eth_account import Account
+
+        fee_payer = Account.from_key(fee_payer_key)
+        address = deploy(w3, fee_payer, fee_payer.address).address
+        held = _dev_evm_state_contract(evm_state)
+        if held is not None and held != address.lower():  # bound to another address: cannot continue it
+            for suffix in ("", "-wal", "-shm", ".lock"):
+                old = Path(str(evm_state) + suffix)
+                if old.exists():
+                    old.rename(Path(str(old) + ".previous-chain"))
+        log.info("dev: deployed AuditAnchor at %s", address)
+    else:
+        log.info("dev: continuing the chain in %s (AuditAnchor %s)", anvil_state, address)
+    deployment_address = address
     return {
         "rpc_url": node.rpc_url,
         "chain_id": node.chain_id,
-        "contract_address": deployment.address,
+        "contract_address": deployment_address,
+        "anvil_state": str(anvil_state),
         "pid": node.pid,
         "env": {
             "BROKER_EVM_RPC_URL": node.rpc_url,
             "BROKER_EVM_CHAIN_ID": str(node.chain_id),
-            "BROKER_EVM_CONTRACT_ADDRESS": deployment.address,
+            "BROKER_EVM_CONTRACT_ADDRESS": deployment_address,
             "BROKER_EVM_FEE_PAYER_KEYSTORE": str(keystore),
             "BROKER_EVM_FEE_PAYER_PASSWORD_FILE": str(password_file),
             "BROKER_EVM_CONFIRMATIONS": "0",  # automine: a receipt is final on this local chain
@@ -273,3 +339,36 @@ def start_dev_chain(state_dir: Path, children: list[Any]) -> dict[str, Any]:
             "BROKER_EVM_STATE_DB": str(evm_state),
         },
     }
+
+
+def _dev_evm_state_contract(evm_state: Path) -> str | None:
+    """The contract address an EVM anchor state file is bound to (None: no file or no binding)."""
+    import sqlite3
+
+    if not evm_state.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"{evm_state.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute("SELECT value FROM evm_meta WHERE key = 'contract'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return str(row[0]).lower() if row else None
+
+
+def _dev_contract_in_use(w3: Any, evm_state: Path) -> str | None:
+    """The state file's contract if this chain holds an AuditAnchor there (a restarted `dev`)."""
+    from anchors.chain_tools import code_matches_artifact
+
+    held = _dev_evm_state_contract(evm_state)
+    if held is None:
+        return None
+    from web3 import Web3
+
+    address = Web3.to_checksum_address(held)
+    try:
+        return address if code_matches_artifact(w3, address) else None
+    except Exception:  # an unreadable chain: deploy afresh
+        return None

@@ -26,6 +26,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Mapping
 
+from anchors.dev_chain import die_with_parent_preexec
+
 DEV_ROLE_NAME = "agentkeys-data-role"
 DEV_BUCKET = "agentkeys-dev"
 DEV_REGION = "us-east-1"
@@ -43,17 +45,6 @@ def _free_port(host: str) -> int:
     with socket.socket(family) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: SIGTERM the server if the thread that started it dies (no orphaned servers after a
-    SIGKILL of the test run or of `dev`)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
 
 
 class MotoServer:
@@ -107,7 +98,7 @@ class MotoServer:
                 [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,  # Ctrl-C in a terminal reaches the parent only; it stops us
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=die_with_parent_preexec(),  # SIGTERM when dev (or the test run) dies
             )
         finally:
             if out is not subprocess.DEVNULL:

@@ -288,7 +288,10 @@ class Services:
                 continue
             self.ledger.execute(AnchorContract, AnchorContract.stream_for(anchor.name), lambda agg, a=anchor: agg.use(
                 anchor=a.name, chain_id=a.config.chain_id, contract=a.contract_address,
-                fee_payer=a.fee_payer_address))
+                fee_payer=a.fee_payer_address, genesis_hash=getattr(a, "genesis_hash", None),
+                start_seq=getattr(a, "start_seq", None)))
+            if hasattr(anchor, "on_chain_changed"):  # a chain swapped under a running broker is recorded too
+                anchor.on_chain_changed = self.record_anchor_contracts
 
     def start(self) -> None:
         if self._started:

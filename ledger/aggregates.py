@@ -370,10 +370,24 @@ class AnchorContract(Aggregate):
     def when_AnchorContractChanged(self, event: AnchorContractChanged) -> None:
         self.current = event
 
-    def use(self, *, anchor: str, chain_id: int, contract: str, fee_payer: str) -> list[Event]:
+    def use(self, *, anchor: str, chain_id: int, contract: str, fee_payer: str, genesis_hash: str | None = None,
+            start_seq: int | None = None) -> list[Event]:
+        """Record the contract in use unless it is the last one recorded: same address, chain id
+        and chain (`genesis_hash`; a record without one is taken as unknown chain, so the chain is
+        recorded once it is known). `reason`: `chain_changed` (same chain id, another genesis),
+        `contract_changed` (another address), `chain_recorded` (the genesis was not known yet)."""
         contract = contract.lower()
-        if self.current is not None and (self.current.contract, self.current.chain_id) == (contract, chain_id):
-            return []
-        previous = self.current.contract if self.current is not None else None
+        genesis_hash = genesis_hash.lower() if genesis_hash else None
+        cur = self.current
+        reason: str | None = None
+        if cur is not None:
+            if (cur.contract, cur.chain_id) != (contract, chain_id):
+                reason = "contract_changed" if cur.chain_id == chain_id else "chain_changed"
+            elif genesis_hash is None or cur.genesis_hash == genesis_hash:
+                return []
+            else:
+                reason = "chain_recorded" if cur.genesis_hash is None else "chain_changed"
+        previous = cur.contract if cur is not None else None
         return [AnchorContractChanged(anchor=anchor, chain_id=chain_id, contract=contract,
-                                      previous_contract=previous, fee_payer=fee_payer.lower())]
+                                      previous_contract=previous, fee_payer=fee_payer.lower(),
+                                      genesis_hash=genesis_hash, start_seq=start_seq, reason=reason)]

@@ -338,16 +338,22 @@ class MintQuarantined(Event, frozen=True, kw_only=True):
     expiration: int
 
 
-class AnchorContractChanged(Event, frozen=True, kw_only=True):
+class AnchorContractChanged(Event, frozen=True, kw_only=True, omit_defaults=True):
     """The broker started anchoring to another EVM contract (a migration: the new contract continues
-    at the old one's `lastSeq + 1`, its `start_seq`), or recorded its first contract. Auditors verify
-    across every contract in this list, in order (`audit verify --contract OLD --contract NEW`)."""
+    at the old one's `lastSeq + 1`, its `start_seq`), or to the same address on another chain (a
+    different `genesis_hash`, block 0's hash: a fresh dev node deploys at the same address), or
+    recorded its first contract. Auditors verify across every contract in this list, in order
+    (`audit verify --contract OLD --contract NEW`). The last three fields are optional (design §8
+    "Evolving events"): omitted when null, so records written before them hash unchanged."""
 
     anchor: str
     chain_id: int
     contract: str
     previous_contract: str | None
     fee_payer: str
+    genesis_hash: str | None = None
+    start_seq: int | None = None
+    reason: str | None = None
 
 
 # --- Operators --------------------------------------------------------------------------------

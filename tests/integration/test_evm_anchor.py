@@ -639,3 +639,49 @@ def test_gas_per_anchored_event(env: Env, capsys: pytest.CaptureFixture[str]) ->
                   f"({per_event_single / (g / size):,.0f}x cheaper than one anchor() per event)")
     assert max(gas[1:]) - min(gas[1:]) < 2_000  # the cost of a batch does not depend on its size
     env.assert_contiguous(1112)
+
+
+def test_chain_loss_re_anchors_10000_records_in_at_most_10_transactions(
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """A chain lost under a kept state file (a fresh node: the contract is back at the same address,
+    only block 0's hash differs): the 100 small batches of the old chain are not re-sent one
+    transaction each; the accepted records are re-cut into full batches (issue 14)."""
+    anchor = env.anchor(batch_max=1000, batch_max_wait_ms=0)
+    anchor.start()
+    old_genesis = anchor.genesis_hash
+    assert old_genesis is not None
+    chain = make_chain(10_000)
+    for i in range(0, 10_000, 100):  # light traffic: one small batch per burst
+        anchor.submit(chain[i:i + 100])
+        wait_confirmed(anchor, i + 100)
+    assert len(anchor.batches()) == 100
+    anchor.close()
+
+    other = Anvil().start()
+    try:
+        w3 = other.web3()
+        redeployed = chain_tools.deploy(w3, env.owner, env.payer.address, 1)
+        assert redeployed.address == env.address  # same deployer, same nonce: addresses cannot tell chains apart
+        changed: list[str] = []
+        moved = EvmAnchor(env.config(rpc_url=other.rpc_url, batch_max=1000, batch_max_wait_ms=0), fee_payer=env.payer)
+        env.anchors.append(moved)
+        moved.on_chain_changed = lambda: changed.append(str(moved.genesis_hash))
+        with caplog.at_level(logging.WARNING, logger="agentkeys.anchors.evm"):
+            moved.start()
+            assert moved.genesis_hash != old_genesis
+            wait_confirmed(moved, 10_000, timeout_s=120)
+        assert changed == [moved.genesis_hash]
+        assert any("CHAIN REPLACED" in r.getMessage() for r in caplog.records)
+        sent = int(w3.eth.get_transaction_count(env.payer.address, "latest"))
+        batches = read_chain_batches(redeployed.contract)
+        assert check_contiguity(batches) == [] and batches[-1].last_seq == 10_000
+        assert sent == len(batches) <= 10
+        assert all(moved.verify(r.seq, r.hash) for r in chain[::997])
+        # and the state file now belongs to the new chain: a restart there does not forget again
+        moved.close()
+        again = EvmAnchor(env.config(rpc_url=other.rpc_url), fee_payer=env.payer)
+        env.anchors.append(again)
+        again.start()
+        assert again.genesis_hash == moved.genesis_hash and again.confirmed_upto() == 10_000
+    finally:
+        _kill(other)
