@@ -16,7 +16,9 @@ from litestar.openapi.spec import Components  # noqa: F401  (kept for later secu
 from .errors import EXCEPTION_HANDLERS
 from .readiness import evaluate
 from .routes.audit import audit_record
+from .routes.auth_email import email_landing, email_request, email_status, email_verify, email_verify_get
 from .routes.auth_exchange import auth_exchange
+from .routes.auth_oauth2 import oauth2_callback, oauth2_start, oauth2_status
 from .routes.auth_wallet import wallet_start, wallet_verify
 from .routes.grants import grant_create, grant_list, grant_revoke
 from .routes.mint import mint_aws_creds
@@ -80,7 +82,9 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
 
     return Litestar(
         route_handlers=[healthz, readyz, audit_head, wallet_start, wallet_verify, grant_create, grant_revoke,
-                        grant_list, mint_aws_creds, auth_exchange, audit_record],
+                        grant_list, mint_aws_creds, auth_exchange, audit_record,
+                        email_request, email_verify, email_verify_get, email_status, email_landing,
+                        oauth2_start, oauth2_callback, oauth2_status],
         request_max_body_size=services.config.body_limit_bytes,
         state=State({"services": services}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
 from ledger.errors import AnchorUnavailable, ConcurrencyConflict, InvalidEventError, LedgerUnavailable
+from ledger.services.signin import SignInRefused
 
 log = logging.getLogger("agentkeys.api")
 
@@ -22,6 +23,7 @@ KIND_STATUS = {
     "not_found": 404,
     "method_not_allowed": 405,
     "conflict": 409,
+    "gone": 410,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "rate_limited": 429,
@@ -33,7 +35,7 @@ KIND_STATUS = {
 }
 
 _STATUS_KIND = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+                405: "method_not_allowed", 409: "conflict", 410: "gone", 413: "payload_too_large",
                 415: "unsupported_media_type", 429: "rate_limited"}
 
 
@@ -116,7 +118,49 @@ def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response("internal", "internal error")
 
 
+# --- refusals of the email / OAuth2 sign-in use cases (issue 16) -----------------------------
+
+SIGNIN_REFUSAL_KINDS = {
+    "malformed_email": "bad_request",
+    "missing_parameter": "bad_request",
+    "unknown_provider": "bad_request",
+    "unknown_request": "bad_request",
+    "method_disabled": "bad_request",
+    "poll_token_required": "unauthorized",
+    "poll_token_invalid": "unauthorized",
+    "challenge_unknown": "unauthorized",
+    "challenge_consumed": "unauthorized",
+    "challenge_expired": "unauthorized",
+    "request_id_mismatch": "unauthorized",
+    "state_invalid": "unauthorized",
+    "state_expired": "unauthorized",
+    "nonce_mismatch": "unauthorized",
+    "id_token_invalid": "unauthorized",
+    "id_token_expired": "unauthorized",
+    "id_token_audience": "unauthorized",
+    "id_token_issuer": "unauthorized",
+    "provider_error": "unauthorized",
+    "session_delivered": "gone",
+    "rate_limited": "rate_limited",
+    "token_exchange_failed": "backend_unreachable",
+    "provider_unreachable": "backend_unreachable",
+    "delivery_failed": "backend_unreachable",
+    "anchor_deadline": "anchor_unavailable",
+}
+
+
+def _signin_refused(_: Request, exc: SignInRefused) -> Response:
+    kind = SIGNIN_REFUSAL_KINDS.get(exc.reason, "bad_request")
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
+    if kind == "unauthorized" and exc.reason.startswith("poll_token"):
+        headers["WWW-Authenticate"] = 'Bearer realm="agentkeys-poll"'
+    message = exc.message if exc.message.split(":", 1)[0] in (kind.replace("_", " "), "rate limited", "expired") \
+        else f"{kind.replace('_', ' ')}: {exc.message}"
+    return error_response(kind, message, reason=exc.reason, headers=headers)
+
+
 EXCEPTION_HANDLERS = {
+    SignInRefused: _signin_refused,
     ApiError: _api_error,
     NotFoundException: _http_exception,
     HTTPException: _http_exception,

@@ -126,6 +126,12 @@ class MintService:
             raise ApiError("rate_limited", "rate limited: too many mints for this account",
                            reason="rate_limited", headers={"Retry-After": str(decision.retry_after_seconds)})
 
+        if not wallet or claims.agentkeys.identity_type != "evm":
+            # An email / OAuth2 session holds no wallet: it mints nothing until the identity is
+            # linked to a wallet-backed account (issue 16; design §3a).
+            await self._deny(ctx, "not_owner", f"a {claims.agentkeys.identity_type} session holds no wallet")
+            raise ApiError("forbidden", "forbidden: this session is not backed by a wallet; link the identity to a "
+                           "wallet-backed account first", reason="not_owner")
         canonical = canonical_signing_input(raw)
         digest = hashlib.sha256(canonical).hexdigest()
         try:

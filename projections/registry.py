@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .auth_requests import AuthRequestsProjection
 from .base import Projection
 from .errors import UnknownProjection
 from .grants import GrantsProjection
@@ -14,6 +15,7 @@ from .wallets import WalletsProjection
 FACTORIES: dict[str, Callable[[], Projection]] = {
     WalletsProjection.name: WalletsProjection,
     GrantsProjection.name: GrantsProjection,
+    AuthRequestsProjection.name: AuthRequestsProjection,
 }
 
 
