@@ -68,7 +68,7 @@ class JwksCache:
         self._lock = threading.Lock()
         self._keys: dict[str, dict[str, Any]] | None = None
         self._fetched_at = 0.0
-        self._attempted_at: float | None = None
+        self._forced_at: float | None = None
         self._generation = 0
         self.fetches = 0  # how many times the JWKS endpoint was fetched (observable in tests)
 
@@ -77,9 +77,11 @@ class JwksCache:
             if self._generation != seen_generation:
                 return  # another caller refreshed while we waited: use its result
             now = self._clock()
-            if forced and self._attempted_at is not None and now - self._attempted_at < self.min_refresh_interval_s:
-                return
-            self._attempted_at = now
+            if forced:
+                # Unknown kids (rotation, or forged tokens) refresh at most once per interval.
+                if self._forced_at is not None and now - self._forced_at < self.min_refresh_interval_s:
+                    return
+                self._forced_at = now
             self.fetches += 1
             try:
                 document = self._fetch()

@@ -90,11 +90,12 @@ class StateCodec:
             raise bad
         payload, _, sig = state.partition(".")
         try:
-            given = _b64url_decode(sig)
-            expected = self._mac(b"state", payload.encode("ascii"))
-        except (ValueError, UnicodeEncodeError):
+            expected = b64url(self._mac(b"state", payload.encode("ascii")))
+        except UnicodeEncodeError:
             raise bad from None
-        if not hmac.compare_digest(given, expected):
+        # Compare the canonical encodings: base64url's last character carries unused bits, and a
+        # decoder would accept several spellings of one signature.
+        if not hmac.compare_digest(sig.encode("utf-8", "replace"), expected.encode("ascii")):
             raise bad
         try:
             data = json.loads(_b64url_decode(payload))
