@@ -71,7 +71,9 @@ class SesSender:
                 continue
             except BotoCoreError as exc:
                 return Readiness("unready", f"SES unreachable: {type(exc).__name__}")
-            if found.get("VerifiedForSendingStatus"):
+            # SES sets VerifiedForSendingStatus once VerificationStatus is SUCCESS; moto's emulation
+            # only reports the latter, so either counts.
+            if found.get("VerifiedForSendingStatus") or found.get("VerificationStatus") == "SUCCESS":
                 return Readiness("ready", f"SES identity {identity} verified for sending")
             last = f"identity {identity} is not verified for sending"
         return Readiness("unready", f"SES sender {self.from_address} is not verified ({last}); see runbook "
