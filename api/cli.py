@@ -174,6 +174,16 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
         "BROKER_AUDIT_POLICY": "dual_strict",
         "BROKER_DEV_MODE": "true",
     })
+    # --- email magic link in dev (issue 16): on, with the printing sender, unless the environment
+    # says otherwise; the HMAC key is dev's own file, like the signing keys.
+    from .signin_config import write_key_file
+
+    email_key = state_dir / "email-hmac.key"
+    if not email_key.exists():
+        write_key_file(email_key)
+    env["BROKER_EMAIL_HMAC_KEY_PATH"] = str(email_key)
+    env.setdefault("BROKER_AUTH_METHODS", "wallet_sig,email_link")
+    env.setdefault("BROKER_EMAIL_SENDER", "print")
     config, services = _boot(env)
     info: dict[str, Any] = {
         "url": url,
@@ -191,6 +201,8 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
         "sts_endpoint": aws["sts_endpoint"],
         "aws": aws,
         "pids": {"broker": os.getpid(), "sts": moto.pid, "anvil": chain["pid"]},
+        "auth_methods": list(config.auth_methods),
+        "email_hmac_key": str(email_key),
     }
     dev_json = state_dir / "dev.json"
     tmp = dev_json.with_suffix(".json.tmp")
@@ -202,6 +214,8 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
         f"  try:    curl {url}/readyz ; curl {url}/v1/audit/head\n"
         f"  audit:  agentkeys-broker audit verify --db {config.ledger_db} --anchor-db {config.anchor_db}\n"
         f"  docs:   {url}/schema  (OpenAPI)\n"
+        f"  email:  curl -XPOST {url}/v1/auth/email/request -d '{{\"email\":\"you@example.com\"}}'"
+        "  (the link is printed here)\n"
         "  stop:   Ctrl-C",
         file=sys.stderr, flush=True,
     )
