@@ -334,3 +334,26 @@ def test_print_sender_writes_the_link_to_stdout(tmp_path: Path) -> None:
     with LiveServer(services) as live, httpx.Client(base_url=live.url, timeout=30) as c:
         assert c.post("/v1/auth/email/request", json={"email": "d@example.com"}).status_code == 200
     assert LINK.search(out.getvalue())
+
+
+# --- the release gate: a withheld delivery leaves the request collectable ----------------------
+
+def test_session_withheld_by_the_anchors_is_not_delivered_and_stays_verified(tmp_path: Path, sink: SmtpSink) -> None:
+    from ledger.signin_request import SignInRequest
+    from projections.auth_requests import get_request
+
+    env = email_env(tmp_path, sink, BROKER_ANCHOR_DEADLINE_MS="300")
+    with LiveServer(Services.build(BrokerConfig.from_env(env))) as live, \
+            httpx.Client(base_url=live.url, timeout=30) as c:
+        body, _, token = request_link(c, sink)
+        assert c.post("/v1/auth/email/verify", json={"token": token}).status_code == 200
+        live.services.pump.stop()  # the anchor stops confirming
+        for _ in range(2):  # withheld twice: never 410, since nothing was delivered
+            r = poll(c, body)
+            assert r.status_code == 503 and r.json()["reason"] == "anchor_deadline"
+            assert "eyJ" not in r.text
+        assert len(events_of(live, "SessionWithheld")) == 2 and len(events_of(live, "SessionIssued")) == 2
+        request = live.services.ledger.load(SignInRequest, SignInRequest.stream_for(body["request_id"]))
+        assert request.session is None
+        live.services.projections.wait_until(live.services.ledger.head().seq, name="auth_requests")
+        assert get_request(live.services.projections.engine, body["request_id"]).status == "verified"
