@@ -44,7 +44,7 @@ def _err(description: str) -> ResponseSpec:
 
 @post("/v1/auth/email/request", status_code=200, tags=["auth"], summary="Send a magic sign-in link",
       operation_class=RetryAfterOperation,
-      responses={400: _err("Malformed email, or email_link not enabled"),
+      responses={400: _err("Malformed email, or email_link not enabled"), 413: _err("Body too large"),
                  429: _err("Rate limited per client IP or per address (see Retry-After)"),
                  502: _err("The email could not be sent")})
 async def email_request(data: JSONBody[EmailRequestBody], request: Request, state: State) -> EmailRequestResponse:
@@ -58,7 +58,8 @@ async def email_request(data: JSONBody[EmailRequestBody], request: Request, stat
 
 
 @post("/v1/auth/email/verify", status_code=200, tags=["auth"], summary="Consume a magic-link token (landing page)",
-      responses={401: _err("Link unknown, used, expired, or for another request")})
+      responses={400: _err("Malformed body, or email_link not enabled"), 413: _err("Body too large"),
+                 401: _err("Link unknown, used, expired, or for another request")})
 async def email_verify(data: JSONBody[EmailVerifyBody], state: State) -> Response[OkResponse]:
     """Called by the landing page with the token from the fragment. The session is never in this
     response: the terminal that requested the link collects it from the status poll."""
@@ -69,7 +70,7 @@ async def email_verify(data: JSONBody[EmailVerifyBody], state: State) -> Respons
 
 
 @get("/v1/auth/email/verify", tags=["auth"], summary="Refused: POST only (prefetch defence)", sync_to_thread=False,
-     media_type=MediaType.TEXT, status_code=405)
+     media_type=MediaType.TEXT, status_code=405, include_in_schema=False)
 def email_verify_get() -> Response[str]:
     return Response("POST required; GET on this endpoint is rejected to defeat magic-link prefetchers",
                     status_code=405, headers={"Allow": "POST", "Cache-Control": "no-store"}, media_type=MediaType.TEXT)

@@ -38,7 +38,8 @@ def _err(description: str) -> ResponseSpec:
 
 @post("/v1/auth/oauth2/start", status_code=200, tags=["auth"], summary="Start a Google sign-in",
       operation_class=RetryAfterOperation,
-      responses={400: _err("Unknown provider, or oauth2_google not enabled"), 429: _err("Rate limited per client IP"),
+      responses={400: _err("Unknown provider, or oauth2_google not enabled"), 413: _err("Body too large"),
+                 429: _err("Rate limited per client IP"),
                  502: _err("The provider's discovery document is unavailable")})
 async def oauth2_start(data: JSONBody[OAuth2StartBody], request: Request, state: State) -> OAuth2StartResponse:
     """Returns the authorization URL to open in a browser and the `poll_token` for the status poll."""
