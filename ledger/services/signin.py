@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from ..app import Ledger
 from ..chain import ChainRecord
@@ -143,5 +143,3 @@ async def append_outcome(ledger: Ledger, request: SignInRequest, event: AuthSucc
     except ConcurrencyConflict:
         return False
 
-
-WaitProjection = Callable[[int], Any]

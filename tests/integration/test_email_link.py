@@ -86,7 +86,6 @@ def test_magic_link_flow_delivers_the_session_to_the_poller_once(live: LiveServe
     first = poll(client, body)
     assert first.status_code == 200, first.text
     got = first.json()
-    key = Path(live.services.config.email_link and "").name  # noqa: F841 - the key stays inside the broker
     mac = hmac.new(live.services.config.email_link.hmac_key, b"alice@example.com", hashlib.sha256).hexdigest()
     assert got["status"] == "verified" and got["session_jwt"].startswith("eyJ")
     assert got["omni_account"] == omni_account("email", mac) and got["identity_type"] == "email"
@@ -357,3 +356,48 @@ def test_session_withheld_by_the_anchors_is_not_delivered_and_stays_verified(tmp
         assert request.session is None
         live.services.projections.wait_until(live.services.ledger.head().seq, name="auth_requests")
         assert get_request(live.services.projections.engine, body["request_id"]).status == "verified"
+
+
+def test_the_token_never_reaches_the_server_logs(tmp_path: Path, sink: SmtpSink, caplog: pytest.LogCaptureFixture) -> None:
+    """Access log on, every logger at DEBUG: the token travels in the fragment (never sent) and in
+    the verify body (never logged); the poll token only in a header."""
+    import logging
+    import threading
+
+    import uvicorn
+
+    from api.app import create_app
+    from tests.support import free_port
+
+    services = Services.build(BrokerConfig.from_env(email_env(tmp_path, sink)))
+    live = LiveServer(services)
+    live.port = free_port()
+    live.server = uvicorn.Server(uvicorn.Config(create_app(services), host="127.0.0.1", port=live.port,
+                                                log_level="debug", access_log=True, lifespan="on",
+                                                log_config=None))
+    live.thread = threading.Thread(target=live.server.run, daemon=True)
+    caplog.set_level(logging.DEBUG)
+    # uvicorn's default logging config (applied by earlier servers in this process) stops its
+    # loggers from propagating: listen on them directly.
+    uvicorn_loggers = [logging.getLogger(n) for n in ("uvicorn", "uvicorn.access", "uvicorn.error")]
+    for lg in uvicorn_loggers:
+        lg.addHandler(caplog.handler)
+    try:
+        _drive_a_sign_in(live, sink, caplog)
+    finally:
+        for lg in uvicorn_loggers:
+            lg.removeHandler(caplog.handler)
+
+
+def _drive_a_sign_in(live: LiveServer, sink: SmtpSink, caplog: pytest.LogCaptureFixture) -> None:
+    with live, httpx.Client(base_url=live.url, timeout=30) as c:
+        body, link, token = request_link(c, sink)
+        from urllib.parse import urlsplit
+
+        # What a browser fetches: the path, never the fragment.
+        assert c.get(urlsplit(link).path).status_code == 200
+        assert c.post("/v1/auth/email/verify", json={"token": token}).status_code == 200
+        assert poll(c, body).status_code == 200
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "/auth/email/landing" in text  # the access log did record the requests
+    assert token not in text and body["poll_token"] not in text
