@@ -12,7 +12,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
 from ledger.errors import AnchorUnavailable, ConcurrencyConflict, InvalidEventError, LedgerUnavailable
-from ledger.services.signin import SignInRefused
+from ledger.services.signin_requests import SignInRefused
 
 log = logging.getLogger("agentkeys.api")
 

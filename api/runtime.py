@@ -106,7 +106,7 @@ class Services:
     # --- email magic link / Google OAuth2 sign-in (issue 16) ---
     email_link: Any = None  # ledger.services.email_link.EmailLinkService when enabled
     oauth2: Any = None  # ledger.services.oauth2.OAuth2Service when enabled
-    signin_polls: Any = None  # ledger.services.signin.SignInPolls
+    signin_polls: Any = None  # ledger.services.signin_requests.SignInPolls
     email_sender: Any = None
     oauth2_provider: Any = None
     _signin_probes: dict[str, tuple[float, Readiness]] = field(default_factory=dict, repr=False)
@@ -179,7 +179,7 @@ class Services:
         """Wire the email and OAuth2 sign-in use cases with their adapters (when enabled)."""
         from ledger.services.email_link import EmailLinkService
         from ledger.services.oauth2 import OAuth2Service
-        from ledger.services.signin import SignInPolls
+        from ledger.services.signin_requests import SignInPolls
         from projections.auth_requests import AuthRequestIndex
 
         from .email_senders import build_sender

@@ -7,7 +7,7 @@ implementation passes tests/contract/test_anchor_contract.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 
 from .chain import ChainRecord
 
@@ -96,10 +96,8 @@ class CredentialMinter(Protocol):
 # --- Email magic link and OAuth2 sign-in (issue 16) ------------------------------------------
 
 
-class Clock(Protocol):
-    """Unix time in seconds (float); `time.time` in production."""
-
-    def __call__(self) -> float: ...
+Clock = Callable[[], float]
+"""Wall-clock time in Unix seconds (`time.time` in production; tests inject their own)."""
 
 
 class LimitDecision(Protocol):

@@ -108,7 +108,7 @@ def purge_expired(engine: Engine, now_unix: int, grace_s: int = DELIVERY_GRACE_S
 
 
 class AuthRequestIndex:
-    """`ledger.services.signin.RequestIndex` over this read model."""
+    """`ledger.services.signin_requests.RequestIndex` over this read model."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

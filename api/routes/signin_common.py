@@ -8,7 +8,7 @@ import html
 import msgspec
 from litestar import Request
 
-from ledger.services.signin import PollResult, SignInRefused
+from ledger.services.signin_requests import PollResult, SignInRefused
 
 PAGE_HEADERS = {
     "Cache-Control": "no-store",

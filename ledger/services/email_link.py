@@ -5,7 +5,7 @@ request: per-IP then per-address rate limits; a 256-bit token that only ever tra
          the token, the poll token only as SHA-256); then the sender hands the link over.
 verify:  the token finds its request; the first answer consumes it (`AuthSucceeded` at version 2;
          two racing verifies cannot both win); a wrong `request_id` burns it (`AuthFailed`).
-The session is delivered only to the poller (`ledger/services/signin.py`), never to the browser.
+The session is delivered only to the poller (`ledger/services/signin_requests.py`), never to the browser.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ..events import AuthFailed, AuthSucceeded, EmailLinkRequested
 from ..identity import omni_account
 from ..ports import Clock, EmailDeliveryError, EmailMessage, EmailSender, Limiter
 from ..signin_request import SignInNotPending, SignInRequest
-from .signin import SignInRefused, append_outcome, sha256_hex
+from .signin_requests import SignInRefused, append_outcome, sha256_hex
 
 METHOD = "email_link"
 LINK_TTL_S = 600

@@ -27,7 +27,7 @@ from ..events import AuthFailed, AuthSucceeded, OAuth2FlowStarted
 from ..identity import omni_account
 from ..ports import Clock, IdentityProvider, IdentityProviderError, Limiter
 from ..signin_request import SignInNotPending, SignInRequest
-from .signin import SignInRefused, append_outcome, sha256_hex
+from .signin_requests import SignInRefused, append_outcome, sha256_hex
 
 METHOD = "oauth2_google"
 FLOW_TTL_S = 600

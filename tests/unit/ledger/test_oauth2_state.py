@@ -8,7 +8,7 @@ import json
 import pytest
 
 from ledger.services.oauth2 import StateCodec, b64url
-from ledger.services.signin import SignInRefused
+from ledger.services.signin_requests import SignInRefused
 
 KEY = b"k" * 32
 
