@@ -19,8 +19,10 @@ from .errors import EXCEPTION_HANDLERS
 from .http_hygiene import BodyTimeoutMiddleware, no_store
 from .logs import request_id_middleware
 from .routes.audit import audit_record
+from .routes.auth_email import email_landing, email_request, email_status, email_verify, email_verify_get
 from .routes.auth_exchange import auth_exchange
 from .routes.auth_session import session_revoke_route
+from .routes.auth_oauth2 import oauth2_callback, oauth2_start, oauth2_status
 from .routes.auth_wallet import wallet_start, wallet_verify
 from .routes.grants import grant_create, grant_list, grant_revoke
 from .routes.mint import mint_aws_creds
@@ -91,7 +93,9 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
     app = Litestar(
         route_handlers=[healthz, readyz, audit_head, wallet_start, wallet_verify, grant_create, grant_revoke,
                         grant_list, mint_aws_creds, auth_exchange, audit_record, session_revoke_route, *OPERATOR_ROUTES,
-                        *OPERATOR_PAGE_ROUTES],
+                        *OPERATOR_PAGE_ROUTES,
+                        email_request, email_verify, email_verify_get, email_status, email_landing,
+                        oauth2_start, oauth2_callback, oauth2_status],
         request_max_body_size=services.config.body_limit_bytes,
         middleware=[DefineMiddleware(BodyTimeoutMiddleware, timeout_s=services.config.body_timeout_s)],
         before_send=[no_store],

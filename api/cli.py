@@ -198,6 +198,15 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
         "BROKER_AUDIT_POLICY": "dual_strict",
         "BROKER_DEV_MODE": "true",
     })
+    # email magic link in dev (issue 16): on, with the printing sender, unless the environment says
+    # otherwise; the HMAC key is dev's own file, like the signing keys.
+    from .signin_config import write_key_file
+
+    email_key = state_dir / "email-hmac.key"
+    if not email_key.exists():
+        write_key_file(email_key)
+    owned["BROKER_EMAIL_HMAC_KEY_PATH"] = str(email_key)
+    defaults.update({"BROKER_AUTH_METHODS": "wallet_sig,email_link", "BROKER_EMAIL_SENDER": "print"})
     env, ignored = dev_environment(env, owned=owned, defaults=defaults)
     for name in ignored:
         log.warning("dev: ignoring %s from the environment: dev owns it (set by dev under --state-dir)", name)
@@ -220,6 +229,8 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
         "audit_policy": config.audit_policy,
         "audit_anchors": list(config.anchors),
         "pids": {"broker": os.getpid(), "sts": moto.pid, "anvil": chain["pid"]},
+        "auth_methods": list(config.auth_methods),
+        "email_hmac_key": str(email_key),
     }
     dev_json = state_dir / "dev.json"
     tmp = dev_json.with_suffix(".json.tmp")
@@ -232,6 +243,8 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
         f"  try:    curl {url}/readyz ; curl {url}/v1/audit/head\n"
         f"  audit:  agentkeys-broker audit verify --db {config.ledger_db} --anchor-db {config.anchor_db}\n"
         f"  docs:   {url}/schema  (OpenAPI)\n"
+        f"  email:  curl -XPOST {url}/v1/auth/email/request -d '{{\"email\":\"you@example.com\"}}'"
+        "  (the link is printed here)\n"
         "  stop:   Ctrl-C",
         file=sys.stderr, flush=True,
     )
@@ -244,6 +257,7 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
 #: endpoint it sets up under its state directory. Present in the environment, they are ignored with
 #: a warning; every other `BROKER_*` variable present (even empty) wins over dev's defaults.
 DEV_OWNED_VARIABLES: frozenset[str] = frozenset({
+    "BROKER_EMAIL_HMAC_KEY_PATH",
     "BROKER_DATA_DIR", "BROKER_LEDGER_DB", "BROKER_SQLITE_ANCHOR_DB", "BROKER_PROJECTIONS_DB",
     "BROKER_DATABASE_URL", "BROKER_SPILL_PATH", "BROKER_EVM_STATE_DB",
     "BROKER_OIDC_KEYPAIR_PATH", "BROKER_SESSION_KEYPAIR_PATH",

@@ -48,7 +48,8 @@ SETTINGS: tuple[Setting, ...] = (
             "different file from the OIDC one. Default `$HOME/.agentkeys/broker/session-keypair.json`.",
             "session-keypair", "auth"),
     Setting("BROKER_SESSION_JWT_TTL_SECONDS", "18000", "Session JWT lifetime, seconds, [60, 86400].", "session-jwt-ttl", "auth"),
-    Setting("BROKER_AUTH_METHODS", "wallet_sig", "Comma list of enabled sign-in methods: `wallet_sig` (SIWE).",
+    Setting("BROKER_AUTH_METHODS", "wallet_sig", "Comma list of enabled sign-in methods: `wallet_sig` (SIWE), "
+            "`email_link` (magic link), `oauth2_google` (Google). Set but empty: refused (`auth-method-empty`).",
             "auth-methods", "auth"),
     Setting("BROKER_SIWE_CHAIN_IDS", "84532,8453", "Chain ids a SIWE sign-in may name (Base Sepolia, Base).",
             "siwe-chain-ids", "auth"),
@@ -110,7 +111,7 @@ SETTINGS: tuple[Setting, ...] = (
             "before STS (503 `unavailable`, `ledger_low_space`), bytes, [0, 2^50].", "spill", "ledger"),
 )
 
-AUTH_METHODS_BUILT = ("wallet_sig",)
+AUTH_METHODS_BUILT = ("wallet_sig", "email_link", "oauth2_google")
 AUTH_METHODS_KNOWN = ("wallet_sig", "email_link", "oauth2_google")
 POLICIES = ("dual_strict", "sqlite_primary", "evm_primary")
 
@@ -314,7 +315,9 @@ def _issuer(env: Mapping[str, str], dev_mode: bool) -> str:
 
 
 def _auth_methods(env: Mapping[str, str]) -> tuple[str, ...]:
-    raw = _get(env, "BROKER_AUTH_METHODS") or ""
+    # Seed §C: unset -> the default; set, even to "" or " ", -> parsed as given (entries trimmed,
+    # empty entries skipped), so an empty list is refused rather than silently defaulted.
+    raw = env["BROKER_AUTH_METHODS"] if "BROKER_AUTH_METHODS" in env else (_setting("BROKER_AUTH_METHODS").default or "")
     methods: list[str] = []
     for part in raw.split(","):
         part = part.strip()
@@ -330,6 +333,24 @@ def _auth_methods(env: Mapping[str, str]) -> tuple[str, ...]:
         raise BootFailure("BROKER_AUTH_METHODS", env.get("BROKER_AUTH_METHODS"),
                           "at least one auth method must be enabled (default `wallet_sig`)", "auth-method-empty")
     return tuple(methods)
+
+
+# --- email magic link / Google OAuth2 sign-in (issue 16) ---------------------------------------
+
+def _email_link(env: Mapping[str, str], methods: tuple[str, ...], dev_mode: bool) -> Any:
+    if "email_link" not in methods:
+        return None
+    from .signin_config import email_link_settings
+
+    return email_link_settings(env, dev_mode=dev_mode)
+
+
+def _oauth2_google(env: Mapping[str, str], methods: tuple[str, ...], dev_mode: bool) -> Any:
+    if "oauth2_google" not in methods:
+        return None
+    from .signin_config import oauth2_google_settings
+
+    return oauth2_google_settings(env, dev_mode=dev_mode)
 
 
 def _chain_ids(env: Mapping[str, str]) -> tuple[int, ...]:
@@ -415,6 +436,9 @@ class BrokerConfig:
     min_free_bytes: int = 67108864
     sts: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # --- email magic link / Google OAuth2 sign-in (issue 16; api/signin_config.py) ---
+    email_link: Any = None  # api.signin_config.EmailLinkSettings when `email_link` is enabled
+    oauth2_google: Any = None  # api.signin_config.OAuth2GoogleSettings when `oauth2_google` is enabled
 
     @property
     def siwe_domain(self) -> str:
@@ -467,12 +491,16 @@ class BrokerConfig:
             raise BootFailure("BROKER_SESSION_KEYPAIR_PATH", str(session_path),
                               "must be a different file from BROKER_OIDC_KEYPAIR_PATH (two keypairs, two purposes)",
                               "session-keypair")
+        auth_methods = _auth_methods(env)
         return cls(
+            # --- email magic link / Google OAuth2 sign-in (issue 16) ---
+            email_link=_email_link(env, auth_methods, dev_mode),
+            oauth2_google=_oauth2_google(env, auth_methods, dev_mode),
             issuer=issuer,
             oidc_keypair_path=oidc_path,
             session_keypair_path=session_path,
             session_jwt_ttl_s=_int(env, "BROKER_SESSION_JWT_TTL_SECONDS", 60, 86400),
-            auth_methods=_auth_methods(env),
+            auth_methods=auth_methods,
             siwe_chain_ids=_chain_ids(env),
             challenges_per_hour_per_ip=_int(env, "BROKER_RATE_LIMIT_CHALLENGES_PER_HOUR_PER_IP", 1, 1_000_000),
             failed_verifies_per_hour_per_ip=_int(env, "BROKER_RATE_LIMIT_FAILED_VERIFIES_PER_HOUR_PER_IP", 1, 1_000_000),
@@ -537,8 +565,10 @@ def all_settings() -> tuple[Setting, ...]:
 
     from .sts_config import STS_SETTINGS
 
+    from .signin_config import SIGNIN_SETTINGS
+
     evm = tuple(Setting(name, default, doc, anchor, "evm") for name, default, doc, anchor in EVM_SETTINGS + EVM_TUNING_SETTINGS)
-    return SETTINGS + tuple(STS_SETTINGS) + evm
+    return SETTINGS + tuple(STS_SETTINGS) + evm + SIGNIN_SETTINGS
 
 
 def markdown_table() -> str:

@@ -17,6 +17,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 
 from ledger.errors import AnchorUnavailable, ConcurrencyConflict, InvalidEventError, LedgerUnavailable
 from ledger.services.refusals import Refusal
+from ledger.services.signin_requests import SignInRefused
 
 log = logging.getLogger("agentkeys.api")
 
@@ -28,6 +29,7 @@ KIND_STATUS = {
     "method_not_allowed": 405,
     "request_timeout": 408,
     "conflict": 409,
+    "gone": 410,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "rate_limited": 429,
@@ -39,7 +41,7 @@ KIND_STATUS = {
 }
 
 _STATUS_KIND = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                405: "method_not_allowed", 408: "request_timeout", 409: "conflict", 413: "payload_too_large",
+                405: "method_not_allowed", 408: "request_timeout", 409: "conflict", 410: "gone", 413: "payload_too_large",
                 415: "unsupported_media_type", 429: "rate_limited"}
 
 
@@ -105,6 +107,27 @@ REFUSALS: dict[str, tuple[str, bool]] = {
     "anchor_unready": ("anchor_unavailable", True),
     "anchor_deadline": ("anchor_unavailable", True),
     "contended": ("unavailable", True),
+    # email / OAuth2 sign-in (ledger/services/email_link.py, oauth2.py, signin_requests.py)
+    "malformed_email": ("bad_request", True),
+    "missing_parameter": ("bad_request", True),
+    "unknown_provider": ("bad_request", True),
+    "unknown_request": ("bad_request", True),
+    "method_disabled": ("bad_request", True),
+    "poll_token_required": ("unauthorized", True),
+    "poll_token_invalid": ("unauthorized", True),
+    "request_id_mismatch": ("unauthorized", True),
+    "state_invalid": ("unauthorized", True),
+    "state_expired": ("unauthorized", True),
+    "nonce_mismatch": ("unauthorized", True),
+    "id_token_invalid": ("unauthorized", True),
+    "id_token_expired": ("unauthorized", True),
+    "id_token_audience": ("unauthorized", True),
+    "id_token_issuer": ("unauthorized", True),
+    "provider_error": ("unauthorized", True),
+    "session_delivered": ("gone", True),
+    "token_exchange_failed": ("backend_unreachable", True),
+    "provider_unreachable": ("backend_unreachable", True),
+    "delivery_failed": ("backend_unreachable", True),
 }
 
 # The message of a refusal is prefixed with its kind where the seed's messages are.
@@ -208,7 +231,22 @@ def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response("internal", "internal error")
 
 
+# --- email / OAuth2 sign-in refusals (issue 16): kinds from REFUSALS, plus their headers -----
+
+
+
+def _signin_refused(_: Request, exc: SignInRefused) -> Response:
+    kind = refusal_kind(exc) if exc.reason in REFUSALS else "bad_request"
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
+    if kind == "unauthorized" and exc.reason.startswith("poll_token"):
+        headers["WWW-Authenticate"] = 'Bearer realm="agentkeys-poll"'
+    message = exc.message if exc.message.split(":", 1)[0] in (kind.replace("_", " "), "rate limited", "expired") \
+        else f"{kind.replace('_', ' ')}: {exc.message}"
+    return error_response(kind, message, reason=exc.reason, headers=headers)
+
+
 EXCEPTION_HANDLERS = {
+    SignInRefused: _signin_refused,
     ApiError: _api_error,
     Refusal: _refusal,
     NotFoundException: _http_exception,

@@ -51,6 +51,8 @@ log = logging.getLogger("agentkeys.runtime")
 PROJECTION_LAG_DEGRADED = 1000
 HOUR = 3600
 ANCHOR_READY_TTL_S = 1.0
+MINUTE = 60
+STS_PROBE_TTL_S = 15.0
 
 
 def probed_anchor_readiness(probes: ProbeRunner, fallback: AnchorReadiness) -> AnchorReadiness:
@@ -166,6 +168,13 @@ class Services:
     grants: GrantService
     mint: MintService
     legacy: LegacyService | None = None
+    # --- email magic link / Google OAuth2 sign-in (issue 16) ---
+    email_link: Any = None  # ledger.services.email_link.EmailLinkService when enabled
+    oauth2: Any = None  # ledger.services.oauth2.OAuth2Service when enabled
+    signin_polls: Any = None  # ledger.services.signin_requests.SignInPolls
+    email_sender: Any = None
+    oauth2_provider: Any = None
+    _signin_probes: dict[str, tuple[float, Readiness]] = field(default_factory=dict, repr=False)
     scheduler: Any = None
     operator: Any = None  # api.operator.OperatorSurface
     probes: ProbeRunner = field(default_factory=ProbeRunner)
@@ -251,6 +260,7 @@ class Services:
                 services.legacy = LegacyService(
                     backend=legacy_backend or LegacyBackend(config.backend_url, config.backend_timeout_s),
                     ledger=ledger, issuer=issuer, release=release, mint_service=mint)
+            services.build_signin()
             from .operator import OperatorSurface
 
             services.operator = OperatorSurface.build(services)
@@ -268,6 +278,74 @@ class Services:
             ledger.close()
             raise
         return services
+
+    # --- email magic link / Google OAuth2 sign-in (issue 16) -----------------------------------
+
+    def build_signin(self) -> None:
+        """Wire the email and OAuth2 sign-in use cases with their adapters (when enabled)."""
+        from ledger.services.email_link import EmailLinkService
+        from ledger.services.oauth2 import OAuth2Service
+        from ledger.services.signin_requests import SignInPolls
+        from projections.auth_requests import AuthRequestIndex
+
+        from .email_senders import build_sender
+        from .oauth2_google import GoogleProvider
+
+        config = self.config
+
+        async def wait_projection(seq: int) -> None:
+            await self.projections.wait_until_async(seq, timeout=5.0, name="auth_requests")
+
+        self.signin_polls = SignInPolls(ledger=self.ledger, signer=self.signer, gate=self.gate,
+                                        index=AuthRequestIndex(self.projections.engine), clock=time.time)
+        if config.email_link is not None:
+            settings = config.email_link
+            self.email_sender = build_sender(settings, config.sts)
+            self.email_link = EmailLinkService(
+                ledger=self.ledger, sender=self.email_sender, hmac_key=settings.hmac_key, link_base=config.issuer,
+                ip_limiter=RateLimiter(settings.per_ip_minutely, MINUTE),
+                email_limiter=RateLimiter(settings.per_email_hourly, HOUR), clock=time.time,
+                wait_projection=wait_projection)
+        if config.oauth2_google is not None:
+            settings = config.oauth2_google
+            self.oauth2_provider = GoogleProvider(settings, dev_mode=config.dev_mode)
+            self.oauth2 = OAuth2Service(
+                ledger=self.ledger, provider=self.oauth2_provider, state_key=settings.state_key,
+                ip_limiter=RateLimiter(settings.start_per_ip_minutely, MINUTE), clock=time.time,
+                wait_projection=wait_projection)
+
+    def _signin_ready(self, name: str, probe: Any) -> Readiness:
+        """The sender's / provider's own check, at most every STS_PROBE_TTL_S; the ledger first."""
+        ledger = self.ledger.ready()
+        if not ledger.ok:
+            return ledger
+        now = time.monotonic()
+        cached = self._signin_probes.get(name)
+        if cached is not None and now - cached[0] < STS_PROBE_TTL_S:
+            return cached[1]
+        try:
+            result = probe()
+        except Exception as exc:  # noqa: BLE001 - a probe never breaks /readyz
+            result = Readiness("unready", f"{name}: {type(exc).__name__}")
+        self._signin_probes[name] = (now, result)
+        return result
+
+    def _signin_check(self, method: str) -> Check:
+        if method == "email_link" and self.email_sender is not None:
+            return Check("auth/email_link", lambda: self._signin_ready("auth/email_link", self.email_sender.ready))
+        if method == "oauth2_google" and self.oauth2_provider is not None:
+            return Check("auth/oauth2_google",
+                         lambda: self._signin_ready("auth/oauth2_google", self.oauth2_provider.ready))
+        return Check(f"auth/{method}", self.ledger.ready)
+
+    def _signin_jobs(self) -> list[Any]:
+        """The purge of expired sign-in requests from the `auth_requests` read model."""
+        if self.email_link is None and self.oauth2 is None:
+            return []
+        from projections.auth_requests import purge_expired
+        from workers.scheduler import Job
+
+        return [Job("auth-requests-purge", 60.0, lambda: purge_expired(self.projections.engine, int(time.time())))]
 
     def record_signing_keys(self) -> None:
         """Every key in use is a `SigningKeyRotated` record (idempotent), so the broker's
@@ -372,6 +450,7 @@ class Services:
                                   role_arn_for=self.role_arn_for, request_margin_s=2 * sts_timeout)]
         jobs.append(Job("spill-recover", self.config.job_outcome_sweep_s, self.recover_spill))
         async_names = self.async_anchor_names()
+        jobs.extend(self._signin_jobs())
         if async_names:
             async_anchors = [(a.name, a.confirmed_upto) for a in self.anchors if a.name in async_names]
             jobs.append(Job("quarantine-detect", 15.0, lambda: quarantine.run(
@@ -386,6 +465,8 @@ class Services:
             if self.scheduler is not None and self.scheduler.running:
                 self.scheduler.shutdown(wait=False)
             self.projections.stop()
+            if self.oauth2_provider is not None:
+                self.oauth2_provider.close()
         finally:
             try:
                 self.pump.stop()
@@ -454,7 +535,7 @@ class Services:
         checks.append(Check("keys/session", lambda: self._keys_ready(self.session_keys, "session")))
         checks.append(Check("keys/oidc", lambda: self._keys_ready(self.oidc_keys, "oidc")))
         for method in self.config.auth_methods:
-            checks.append(Check(f"auth/{method}", self.ledger.ready))
+            checks.append(self._signin_check(method))
         checks.append(Check("projections", self._projections_ready, required=False))
         return checks
 

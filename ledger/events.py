@@ -138,6 +138,17 @@ AuthFailureReason = Literal[
     "address_mismatch",
     "backend_rejected",
     "backend_unreachable",
+    # email_link / oauth2_google (issue 16)
+    "request_id_mismatch",
+    "provider_error",
+    "token_exchange_failed",
+    "id_token_invalid",
+    "id_token_expired",
+    "id_token_audience",
+    "id_token_issuer",
+    "nonce_mismatch",
+    "delivery_failed",
+    "provider_unreachable",
 ]
 
 
@@ -258,6 +269,7 @@ MintDenialReason = Literal[
     "bad_request",
     "anchor_unready",  # a required anchor was unready: refused before any work (design §8)
     "audience_mismatch",
+    "not_owner",  # an email / OAuth2 session (no wallet) tried to mint (issue 16)
 ]
 
 
@@ -417,3 +429,34 @@ class ReleaseUnconfirmed(Event, frozen=True, kw_only=True):
 
     authorized_seq: int
     kind: Literal["mint", "session", "oidc_token"]
+
+
+# --- Email magic link and OAuth2 sign-in (issue 16) ------------------------------------------
+
+
+class EmailLinkRequested(Event, frozen=True, kw_only=True):
+    """A magic link was requested (method `email_link`). Stream: `SignInRequest` keyed by
+    `request_id`. The address is never recorded: `email_hmac` = HMAC-SHA256(key of
+    `BROKER_EMAIL_HMAC_KEY_PATH`, trimmed lowercase address), hex. The link's 256-bit token never
+    enters the ledger either: `request_id` is `eml-` + the first 24 hex of
+    SHA-256("agentkeys.email_link.v1\x00" || token), so the token finds its request and the
+    request id reveals nothing of the token. `poll_token_sha256` is the SHA-256 of the token only
+    the requester received, needed to poll the status. The first `AuthSucceeded`/`AuthFailed`
+    consumes the request (version 2)."""
+
+    request_id: str
+    email_hmac: str
+    expires_at: int
+    poll_token_sha256: str
+
+
+class OAuth2FlowStarted(Event, frozen=True, kw_only=True):
+    """An OAuth2 authorization-code flow with PKCE started (method `oauth2_google`; `provider`
+    `google`). Stream: `SignInRequest` keyed by `request_id`. The PKCE verifier and the OIDC nonce
+    are derived from the state key and the request id, so no secret is recorded. The first
+    callback's `AuthSucceeded`/`AuthFailed` consumes the flow (version 2)."""
+
+    request_id: str
+    provider: str
+    expires_at: int
+    poll_token_sha256: str

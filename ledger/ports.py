@@ -235,3 +235,95 @@ class RoleKillSwitch(Protocol):
     cannot be reached (nothing was changed then)."""
 
     def revoke_sessions_before(self, role_arn: str, not_before: str) -> None: ...
+
+
+# --- Email magic link and OAuth2 sign-in (issue 16) ------------------------------------------
+
+
+class LimitDecision(Protocol):
+    @property
+    def allowed(self) -> bool: ...
+
+    @property
+    def retry_after_seconds(self) -> int: ...
+
+
+class Limiter(Protocol):
+    """A counter per key in a window: `check` counts the attempt and decides
+    (api/ratelimit.py `RateLimiter`)."""
+
+    def check(self, key: str) -> LimitDecision: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EmailMessage:
+    to: str = field(repr=False)
+    subject: str
+    text: str = field(repr=False)  # carries a live sign-in link: never logged
+    html: str = field(repr=False)
+
+
+class EmailDeliveryError(Exception):
+    """The sender could not hand the message over (the message is safe to show: no link)."""
+
+
+@runtime_checkable
+class EmailSender(Protocol):
+    """Sends magic-link emails (api/email_senders.py: SES v2, SMTP, print)."""
+
+    name: str
+
+    def send(self, message: EmailMessage) -> None: ...
+
+    def ready(self) -> Readiness: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderIdentity:
+    """Who the identity provider says signed in. `subject` (the `sub` claim) is the identity;
+    the email is informational only and never used to identify."""
+
+    subject: str
+    email: str | None = None
+
+
+class IdentityProviderError(Exception):
+    """The provider refused or could not be reached. `reason` is an `AuthFailed` reason
+    (`token_exchange_failed`, `id_token_invalid`, `id_token_expired`, `id_token_audience`,
+    `id_token_issuer`, `nonce_mismatch`); `upstream` is True when the provider was unreachable or
+    answered with an error status (the caller gets a 502, not a 401)."""
+
+    def __init__(self, reason: str, message: str, *, upstream: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.upstream = upstream
+
+
+@runtime_checkable
+class IdentityProvider(Protocol):
+    """An OpenID Connect provider used with the authorization-code flow and PKCE
+    (api/oauth2_google.py). `redeem` exchanges the code and verifies the id_token (signature by
+    the provider's JWKS, `iss`, `aud`, `exp`, `iat`, `nonce`)."""
+
+    name: str
+
+    def authorization_url(self, *, state: str, code_challenge: str, nonce: str) -> str: ...
+
+    def redeem(self, *, code: str, code_verifier: str, nonce: str) -> ProviderIdentity: ...
+
+    def ready(self) -> Readiness: ...
+
+
+class IssuedToken(Protocol):
+    """A signed session token (api/auth/session_jwt.py `IssuedSession`)."""
+
+    token: str
+    kid: str
+    token_sha256: str
+
+    def session_issued_event(self) -> Any: ...
+
+
+class SessionTokenIssuer(Protocol):
+    def issue(self, omni_account: str, wallet_address: str, identity_type: str, identity_value: str) -> Any: ...

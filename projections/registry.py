@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .auth_requests import AuthRequestsProjection
 from .base import Projection
 from .errors import UnknownProjection
 from .grants import GrantsProjection
@@ -20,6 +21,7 @@ FACTORIES: dict[str, Callable[[], Projection]] = {
     SessionsProjection.name: SessionsProjection,
     MintsProjection.name: MintsProjection,
     QuarantineProjection.name: QuarantineProjection,
+    AuthRequestsProjection.name: AuthRequestsProjection,
 }
 
 

@@ -177,6 +177,11 @@ class MintService:
                    wallet=intent.address.lower())
         async with self._recorded(ctx):
             self._check_rate(ctx)
+            if not caller.wallet_address or caller.identity_type != "evm":
+                # an email / OAuth2 session holds no wallet: it mints nothing until the identity is
+                # linked to a wallet-backed account (design §3a)
+                raise Refusal("not_owner", f"a {caller.identity_type} session holds no wallet; link the identity to "
+                              "a wallet-backed account first")
             digest = hashlib.sha256(canonical).hexdigest()
             try:
                 verify_personal_sign(canonical, intent.signature, intent.address, label="per-call signature")

@@ -79,6 +79,7 @@ def test_group_readable_keypair_refuses_to_boot(tmp_path: Path, subprocess_env) 
     [
         ("BROKER_AUTH_METHODS", "foo", "auth-method-not-compiled"),
         ("BROKER_AUTH_METHODS", ",", "auth-method-empty"),
+        ("BROKER_AUTH_METHODS", "", "auth-method-empty"),
         ("BROKER_AUDIT_ANCHORS", "foo", "audit-anchor-not-compiled"),
         ("BROKER_AUDIT_POLICY", "nonsense", "audit-policy"),
     ],

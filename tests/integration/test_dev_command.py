@@ -50,6 +50,11 @@ def test_dev_writes_dev_json_serves_and_stops_on_signal(tmp_path: Path, sig: sig
             with httpx.Client(base_url=info["url"], timeout=30) as c:
                 session = sign_in(c, Wallet())
             assert sorted(session["anchored"]) == ["evm", "sqlite"]
+            # dev enables email_link with the printing sender and its own HMAC key file.
+            assert "email_link" in info["auth_methods"] and "auth/email_link" in ready.json()["ready"]
+            assert (Path(info["email_hmac_key"]).stat().st_mode & 0o777) == 0o600
+            r = httpx.post(info["url"] + "/v1/auth/email/request", json={"email": "dev@example.com"}, timeout=30)
+            assert r.status_code == 200, r.text
         proc.send_signal(sig)
         assert proc.wait(timeout=20) == 0
         import os
@@ -70,7 +75,7 @@ def test_dev_writes_dev_json_serves_and_stops_on_signal(tmp_path: Path, sig: sig
             time.sleep(0.1)
         else:
             raise AssertionError("dev left anvil running")
-        _, err = proc.communicate()
+        out, err = proc.communicate()
         assert "Traceback" not in err
         # issue 11: the state directory 0700, every file dev and its children wrote 0600 (dev.json, keys,
         # ledger, anchors, projections, EVM state, fee-payer keystore and password, anvil state, moto log)
@@ -78,6 +83,8 @@ def test_dev_writes_dev_json_serves_and_stops_on_signal(tmp_path: Path, sig: sig
 
         assert {"dev.json", "ledger.sqlite", "session-keypair.json", "evm-anchor.sqlite"} <= {p.name for p in state.iterdir()}
         assert loose_modes(state) == []
+        if sig == signal.SIGTERM:
+            assert "/auth/email/landing#t=" in out and "#t=" not in err
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -108,7 +108,7 @@ def test_paths_from_the_servers_environment(ledger_file: Path, tmp_path: Path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["projections", "rebuild", "nonsense"], "unknown projection 'nonsense' (known: wallets, grants, sessions, mints, quarantine)"),
+        (["projections", "rebuild", "nonsense"], "unknown projection 'nonsense' (known: wallets, grants, sessions, mints, quarantine, auth_requests)"),
         (["projections", "rebuild", "wallets", "--db", "/nonexistent/ledger.sqlite"], "ledger database not found"),
     ],
 )

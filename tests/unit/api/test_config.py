@@ -100,6 +100,8 @@ def test_runbook_configuration_table_is_generated_from_the_settings() -> None:
         ({"BROKER_AUTH_METHODS": "foo"}, "auth-method-not-compiled", "unknown or unavailable auth method"),
         ({"BROKER_AUTH_METHODS": ""}, "auth-method-empty", "at least one auth method"),
         ({"BROKER_AUTH_METHODS": ","}, "auth-method-empty", "at least one auth method"),
+        ({"BROKER_AUTH_METHODS": " "}, "auth-method-empty", "at least one auth method"),
+        ({"BROKER_AUTH_METHODS": "wallet_sig,foo"}, "auth-method-not-compiled", "'foo'"),
         ({"BROKER_AUDIT_POLICY": "nonsense"}, "audit-policy", "unknown BROKER_AUDIT_POLICY: nonsense (expected dual_strict | sqlite_primary | evm_primary)"),
         ({"BROKER_AUDIT_POLICY": "evm_primary"}, "audit-policy", "needs the evm anchor"),
         ({"BROKER_SESSION_JWT_TTL_SECONDS": "59"}, "session-jwt-ttl", "[60, 86400]"),
@@ -114,8 +116,6 @@ def test_runbook_configuration_table_is_generated_from_the_settings() -> None:
 )
 def test_seed_boot_failures(tmp_path: Path, env: dict, anchor: str, fragment: str) -> None:
     full = {**ISSUER, "BROKER_DATA_DIR": str(tmp_path), **env}
-    if env.get("BROKER_AUTH_METHODS") == "":
-        full["BROKER_AUTH_METHODS"] = " "
     with pytest.raises(BootFailure) as info:
         BrokerConfig.from_env(full)
     text = str(info.value)
