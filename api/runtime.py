@@ -255,12 +255,12 @@ class Services:
                 failed_verify_limiter=RateLimiter(config.failed_verifies_per_hour_per_ip, HOUR),
                 probes=probes,
             )
-            probes.configure(services.readiness_probes())
             if config.legacy_bearer and config.backend_url:
                 services.legacy = LegacyService(
                     backend=legacy_backend or LegacyBackend(config.backend_url, config.backend_timeout_s),
                     ledger=ledger, issuer=issuer, release=release, mint_service=mint)
             services.build_signin()
+            probes.configure(services.readiness_probes())  # after every part whose check it probes
             from .operator import OperatorSurface
 
             services.operator = OperatorSurface.build(services)

@@ -8,7 +8,6 @@ to the shared release path of the core when that exists.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,6 +20,7 @@ from ..gate import ReleaseGate
 from ..ports import Clock, SessionTokenIssuer
 from ..signin_request import SignInRequest
 from .refusals import Refusal
+from .release import ReleasePath, WithheldAppend
 
 
 class SignInRefused(Refusal):
@@ -52,27 +52,22 @@ class ReleasedSession:
 
 async def release_session(ledger: Ledger, gate: ReleaseGate, stream: Any, version: int,
                           issued: Any) -> tuple[ChainRecord, list[str]]:
-    """Append the session's `SessionIssued` at `version` of `stream` and wait for the release gate.
-    Returns the record and the anchors that confirmed it. `ConcurrencyConflict` when another
-    writer took the version first (nothing issued); a `SignInRefused('anchor_deadline')` after
-    recording `SessionWithheld` when the anchors did not confirm in time."""
+    """Append the session's `SessionIssued` at `version` of `stream` and release it through the one
+    release path (ledger/services/release.py). Returns the record and the anchors that confirmed
+    it. `ConcurrencyConflict` when another writer took the version first (nothing issued);
+    `Withheld` (reason `anchor_deadline`) after recording `SessionWithheld` when the anchors did not
+    confirm in time (the request stays `verified`: poll again)."""
     event: SessionIssued = issued.session_issued_event()
-    record = (await ledger.append_async(stream, version, [event]))[-1]
-    try:
-        result = await gate.wait_async(record.seq)
-    except asyncio.CancelledError:
-        ledger.append(stream, record.version, [SessionWithheld(
-            jti=event.jti, session_seq=record.seq, reason="request_cancelled", missing_anchors=[])])
-        raise
-    if not result.released:
-        try:
-            await ledger.append_async(stream, record.version, [SessionWithheld(
-                jti=event.jti, session_seq=record.seq, reason="anchor_deadline", missing_anchors=result.missing)])
-        except ConcurrencyConflict:  # pragma: no cover - the stream is ours at this version
-            pass
-        raise SignInRefused("anchor_deadline", f"audit anchors {', '.join(result.missing)} did not confirm the "
-                            "session in time; no session was released (poll again)")
-    return record, result.anchored
+
+    async def append() -> ChainRecord:
+        return (await ledger.append_async(stream, version, [event]))[-1]
+
+    def withhold(record: ChainRecord, reason: str, missing: list[str]) -> WithheldAppend:
+        return stream, record.version, [SessionWithheld(jti=event.jti, session_seq=record.seq, reason=reason,
+                                                        missing_anchors=missing)]
+
+    released = await ReleasePath(ledger=ledger, gate=gate).release(what="session", append=append, withhold=withhold)
+    return released.record, released.anchored
 
 
 class RequestIndex(Protocol):
