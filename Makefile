@@ -9,9 +9,19 @@ HOST ?= 127.0.0.1
 PORT ?= 8091
 STATE_DIR ?= ./.agentkeys-dev
 
-.PHONY: install run test bench lock clean
+.PHONY: install apt-tools run test bench lock clean
 
-install: $(STAMP) $(NODE_STAMP)
+install: $(STAMP) $(NODE_STAMP) apt-tools
+
+# Debian packages the tests use, installed when missing (one `apt-get update` first): package:binary.
+APT_TOOLS := awscli:/usr/bin/aws
+apt-tools:
+	@missing=""; for t in $(APT_TOOLS); do test -x "$${t#*:}" || missing="$$missing $${t%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y $$missing; \
+	fi
 
 # Python: a venv with the pinned dependency set (constraints.txt is the lock).
 $(STAMP): pyproject.toml constraints.txt

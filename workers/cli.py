@@ -17,6 +17,7 @@ _GROUPS = (
     ("anchors.audit_cli", "register"),  # audit prove|verify-proof; verify --rpc/--contract/--checkpoint (after ledger.audit_cli)
     ("projections.cli", "register"),  # projections rebuild
     ("anchors.cli", "register"),      # anchors keystore|deploy|status
+    ("api.client_cli", "register"),   # grant create|revoke|list, creds, exec, demo (the daemon client)
 )
 
 
@@ -36,7 +37,27 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name, func in _GROUPS:
         module = importlib.import_module(module_name)
         getattr(module, func)(sub)
+    _add_version(parser)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("agentkeys-broker")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown"
+
+
+def _add_version(parser: argparse.ArgumentParser) -> None:
+    """`--version` on the command and on every subcommand, at every depth."""
+    if not any("--version" in a.option_strings for a in parser._actions):
+        parser.add_argument("--version", action="version", version=f"agentkeys-broker {_version()}")
+    for action in parser._actions:  # argparse keeps no public handle on a parser's subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                _add_version(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
