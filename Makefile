@@ -35,6 +35,9 @@ $(NODE_STAMP): package.json package-lock.json
 	touch $@
 
 run: install
+	@echo "make run: the broker on http://$(HOST):$(PORT) with a local chain (anvil) and a local AWS (moto),"
+	@echo "          state in $(STATE_DIR); Ctrl-C stops them all. First run, in another terminal:"
+	@echo "          $(BIN)/agentkeys-broker demo --state-dir $(STATE_DIR)"
 	$(BIN)/agentkeys-broker dev --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR)
 
 test: install
