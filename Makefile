@@ -14,7 +14,7 @@ STATE_DIR ?= ./.agentkeys-dev
 install: $(STAMP) $(NODE_STAMP) apt-tools
 
 # Debian packages the tests use, installed when missing (one `apt-get update` first): package:binary.
-APT_TOOLS := awscli:/usr/bin/aws
+APT_TOOLS := awscli:/usr/bin/aws chromium:/usr/bin/chromium
 apt-tools:
 	@missing=""; for t in $(APT_TOOLS); do test -x "$${t#*:}" || missing="$$missing $${t%%:*}"; done; \
 	if [ -n "$$missing" ]; then \

@@ -11,7 +11,7 @@ from typing import AsyncIterator
 from litestar import Litestar, MediaType, Response, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.openapi.spec import Components  # noqa: F401  (kept for later security schemes)
+from litestar.openapi.spec import Components
 
 from .errors import EXCEPTION_HANDLERS
 from .readiness import evaluate
@@ -78,9 +78,17 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
             if manage_lifecycle:
                 services.stop()
 
+    from litestar import Router
+    from litestar.openapi.spec import SecurityScheme
+
+    from .docs_ui import docs_ui
+
+    render_plugins, asset_routes = docs_ui()
+    # Routes that take `Authorization: Bearer` (a session JWT; the audit route also the operator token).
+    bearer_routes = Router(path="/", route_handlers=[grant_create, grant_revoke, grant_list, mint_aws_creds,
+                                                     auth_exchange, audit_record], security=[{"bearer": []}])
     return Litestar(
-        route_handlers=[healthz, readyz, audit_head, wallet_start, wallet_verify, grant_create, grant_revoke,
-                        grant_list, mint_aws_creds, auth_exchange, audit_record],
+        route_handlers=[healthz, readyz, audit_head, wallet_start, wallet_verify, bearer_routes, *asset_routes],
         request_max_body_size=services.config.body_limit_bytes,
         state=State({"services": services}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
@@ -91,6 +99,12 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
             description="Short-lived AWS credentials for agents and daemons, released only after the audit anchors confirm the ledger event.",
             path="/schema",
             use_handler_docstrings=True,
+            render_plugins=render_plugins,
+            components=Components(security_schemes={"bearer": SecurityScheme(
+                type="http", scheme="bearer", bearer_format="JWT",
+                description="A session JWT from POST /v1/auth/wallet/verify (`Authorization: Bearer <jwt>`); "
+                            "GET /v1/audit/records/{seq} also takes the operator token, POST /v1/auth/exchange "
+                            "the legacy bearer.")}),
         ),
         signature_namespace={"ErrorBody": ErrorBody},
         debug=False,
