@@ -50,7 +50,7 @@ from eth_account.messages import encode_defunct
 DEFAULT_CHAIN_ID = 84532
 DEFAULT_TIMEOUT_S = 30.0  # a sign-in or a mint waits for the audit anchors (the broker's deadline, 10 s default)
 SESSION_RENEW_MIN_S = 60  # renew a session at least this long before it expires (and a tenth of its lifetime)
-SESSION_REFUSALS = frozenset({"expired", "unknown_kid", "bad_signature", "malformed", "wrong_audience",
+SESSION_REFUSALS = frozenset({"expired", "unknown_kid", "bad_signature", "malformed", "wrong_audience", "claims_invalid",
                               "wrong_issuer", "revoked", "session_revoked"})
 GRANT_REASONS = frozenset({"no_grant", "grant_revoked", "grant_expired", "grant_exhausted", "scope_not_granted",
                            "agent_not_granted"})
@@ -612,7 +612,7 @@ class BrokerClient:
         client = self
         refresher = _Refresher(self, agent_id, service, scope)
 
-        class _BrokerProvider(CredentialProvider):  # type: ignore[misc]  # botocore is untyped
+        class _BrokerProvider(CredentialProvider):
             METHOD = "agentkeys-broker"
             CANONICAL_NAME = "agentkeys-broker"
 
