@@ -366,6 +366,16 @@ class BrokerClient:
         self._session: Session | None = None
         self._last_offset: float | None = None  # the broker's clock minus ours, at the last answer
 
+    @classmethod
+    def from_key_file(cls, url: str, key_file: str | Path, **kw: Any) -> "BrokerClient":
+        """A client for the wallet in a hex key file (mode 0600)."""
+        return cls(url, load_account(key_file=key_file), **kw)
+
+    @classmethod
+    def from_keystore(cls, url: str, keystore: str | Path, password_file: str | Path, **kw: Any) -> "BrokerClient":
+        """A client for the wallet in an encrypted keystore, its password in a file (both mode 0600)."""
+        return cls(url, load_account(keystore=keystore, password_file=password_file), **kw)
+
     # -- lifecycle --
 
     def close(self) -> None:
@@ -575,6 +585,12 @@ class BrokerClient:
             request["agent_id_prefix"] = agent_id_prefix
         answer = self._authed("POST", "/v1/grant/create", json_body=request)
         found = [g for g in self.grants() if g.grant_id == answer["grant_id"]]
+        if found and (found[0].agent_id, found[0].agent_id_prefix) != (agent_id, agent_id_prefix):
+            # a broker that predates agent pinning ignores the field: never leave a wider grant behind
+            self.revoke(answer["grant_id"])
+            raise BadRequest(f"the broker did not record the agent pin of grant {answer['grant_id']}, so it was "
+                             "revoked", hint="this broker does not support --agent-id/--agent-id-prefix; grant "
+                             "without them, or upgrade the broker")
         if found:
             return found[0]
         return Grant(grant_id=answer["grant_id"], daemon_address=daemon_address.lower(), service=service,

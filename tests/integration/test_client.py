@@ -207,3 +207,36 @@ def test_key_files_and_keystores(tmp_path: Path) -> None:
     password.write_text("wrong")
     with pytest.raises(ConfigurationError, match="cannot decrypt"):
         load_account(keystore=store, password_file=password)
+
+
+def test_an_agent_pin_the_broker_drops_never_leaves_a_wider_grant(tmp_path: Path, dev_aws) -> None:
+    """A broker that ignores `agent_id` on grant create would leave a grant for every agent: the
+    client then revokes it and says so. A broker that records the pin returns it."""
+    from api.client import BadRequest
+
+    master, daemon = Wallet(), Wallet()
+    with _live(tmp_path, dev_aws) as live, BrokerClient(live.url, master.account, issuer=ISSUER) as boss:
+        scope = f"{dev_aws['bucket']}/{boss.sign_in().omni_account}/"
+        try:
+            grant = boss.grant(daemon.address, "s3", scope, expires_in=600, max_uses=1, agent_id="agent-7")
+        except BadRequest as exc:
+            assert "revoked" in str(exc)
+            [listed] = boss.grants()
+            assert listed.revoked_at is not None
+        else:
+            assert grant.agent_id == "agent-7"
+            assert [g.agent_id for g in boss.grants() if g.revoked_at is None] == ["agent-7"]
+
+
+def test_from_key_file_and_from_keystore(tmp_path: Path) -> None:
+    from eth_account import Account
+
+    acct = Account.create()
+    key, store, password = tmp_path / "k.key", tmp_path / "k.json", tmp_path / "k.pw"
+    key.write_text(bytes(acct.key).hex())
+    store.write_text(json.dumps(Account.encrypt(acct.key, "pw", kdf="pbkdf2", iterations=1000)))
+    password.write_text("pw")
+    for p in (key, store, password):
+        p.chmod(0o600)
+    assert BrokerClient.from_key_file("http://127.0.0.1:1", key).address == acct.address.lower()
+    assert BrokerClient.from_keystore("http://127.0.0.1:1", store, password).address == acct.address.lower()
