@@ -9,20 +9,19 @@ HOST ?= 127.0.0.1
 PORT ?= 8091
 STATE_DIR ?= ./.agentkeys-dev
 
-.PHONY: install system-tools run test lint bench lock clean
+.PHONY: install apt-tools run test lint bench lock clean
 
-install: $(STAMP) $(NODE_STAMP) system-tools
+install: $(STAMP) $(NODE_STAMP) apt-tools
 
-# Debian packages the tests need, installed only when missing (one apt-get update first):
-# chromium + chromium-driver for the operator page's browser test (Selenium uses /usr/bin/chromedriver).
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-system-tools:
-	@missing=""; \
-	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
-	test -x /usr/bin/chromedriver || missing="$$missing chromium-driver"; \
+# Debian packages the tests use, installed when missing (one `apt-get update` first): package:binary.
+# chromium + chromium-driver: the browser tests (Selenium uses /usr/bin/chromedriver); awscli: credential_process tests
+APT_TOOLS := awscli:/usr/bin/aws chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver
+apt-tools:
+	@missing=""; for t in $(APT_TOOLS); do test -x "$${t#*:}" || missing="$$missing $${t%%:*}"; done; \
 	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
-		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $$missing; \
+	  echo "installing Debian packages:$$missing"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y $$missing; \
 	fi
 
 # Python: a venv with the pinned dependency set (constraints.txt is the lock).
@@ -37,6 +36,9 @@ $(NODE_STAMP): package.json package-lock.json
 	touch $@
 
 run: install
+	@echo "make run: the broker on http://$(HOST):$(PORT) with a local chain (anvil) and a local AWS (moto),"
+	@echo "          state in $(STATE_DIR); Ctrl-C stops them all. First run, in another terminal:"
+	@echo "          $(BIN)/agentkeys-broker demo --state-dir $(STATE_DIR)"
 	$(BIN)/agentkeys-broker dev --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR)
 
 test: install

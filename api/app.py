@@ -12,7 +12,7 @@ from litestar import Litestar, MediaType, Response, get
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.openapi.spec import Components  # noqa: F401  (kept for later security schemes)
+from litestar.openapi.spec import Components
 
 from . import log_redaction
 from .errors import EXCEPTION_HANDLERS
@@ -90,10 +90,19 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
             if manage_lifecycle:
                 services.stop()
 
+    from litestar import Router
+    from litestar.openapi.spec import SecurityScheme
+
+    from .docs_ui import docs_ui
+
+    render_plugins, asset_routes = docs_ui()
+    # Routes that take `Authorization: Bearer` (a session JWT; the audit route also the operator token).
+    bearer_routes = Router(path="/", route_handlers=[grant_create, grant_revoke, grant_list, mint_aws_creds,
+                                                     auth_exchange, audit_record, session_revoke_route],
+                           security=[{"bearer": []}])
     app = Litestar(
-        route_handlers=[healthz, readyz, audit_head, wallet_start, wallet_verify, grant_create, grant_revoke,
-                        grant_list, mint_aws_creds, auth_exchange, audit_record, session_revoke_route, *OPERATOR_ROUTES,
-                        *OPERATOR_PAGE_ROUTES,
+        route_handlers=[healthz, readyz, audit_head, wallet_start, wallet_verify, bearer_routes, *asset_routes,
+                        *OPERATOR_ROUTES, *OPERATOR_PAGE_ROUTES,
                         email_request, email_verify, email_verify_get, email_status, email_landing,
                         oauth2_start, oauth2_callback, oauth2_status],
         request_max_body_size=services.config.body_limit_bytes,
@@ -108,6 +117,12 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
             description="Short-lived AWS credentials for agents and daemons, released only after the audit anchors confirm the ledger event.",
             path="/schema",
             use_handler_docstrings=True,
+            render_plugins=render_plugins,
+            components=Components(security_schemes={"bearer": SecurityScheme(
+                type="http", scheme="bearer", bearer_format="JWT",
+                description="A session JWT from POST /v1/auth/wallet/verify (`Authorization: Bearer <jwt>`); "
+                            "GET /v1/audit/records/{seq} also takes the operator token, POST /v1/auth/exchange "
+                            "the legacy bearer.")}),
         ),
         signature_namespace={"ErrorBody": ErrorBody},
         debug=False,

@@ -243,6 +243,9 @@ def _dev_with_children(args: argparse.Namespace, state_dir: Path, env: dict[str,
         f"  try:    curl {url}/readyz ; curl {url}/v1/audit/head\n"
         f"  audit:  agentkeys-broker audit verify --db {config.ledger_db} --anchor-db {config.anchor_db}\n"
         f"  docs:   {url}/schema  (OpenAPI)\n"
+        f"  chain:  anvil {chain['rpc_url']} (chain id {chain['chain_id']}), AuditAnchor {chain['contract_address']}\n"
+        f"  aws:    moto {aws['sts_endpoint']} (STS, IAM, S3 bucket {aws['bucket']})\n"
+        f"  first run, in another terminal:  agentkeys-broker demo --state-dir {state_dir}\n"
         f"  email:  curl -XPOST {url}/v1/auth/email/request -d '{{\"email\":\"you@example.com\"}}'"
         "  (the link is printed here)\n"
         "  stop:   Ctrl-C",

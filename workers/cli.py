@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 from anchors import cli as anchors_cli
 from api import cli as api_cli
-from api import backup_cli, keys_cli, operator_cli
+from api import backup_cli, client_cli, keys_cli, operator_cli
 from ledger.errors import CommandError
 from projections import cli as projections_cli
 
@@ -28,6 +28,7 @@ _GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     anchors_cli.register,  # anchors keystore|deploy|status
     operator_cli.register,  # quarantine list|show|resolve
     backup_cli.register,  # backup, restore
+    client_cli.register,  # grant create|revoke|list, creds, exec, demo (the daemon client)
 )
 
 
@@ -39,7 +40,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in _GROUPS:
         register(sub)
+    _add_version(parser)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("agentkeys-broker")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown"
+
+
+def _add_version(parser: argparse.ArgumentParser) -> None:
+    """`--version` on the command and on every subcommand, at every depth."""
+    if not any("--version" in a.option_strings for a in parser._actions):
+        parser.add_argument("--version", action="version", version=f"agentkeys-broker {_version()}")
+    for action in parser._actions:  # argparse keeps no public handle on a parser's subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                _add_version(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

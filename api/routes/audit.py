@@ -12,17 +12,18 @@ from litestar.params import Parameter
 from ..audit_records import bundle_for, operator_token_matches
 from ..auth.bearer import bearer_token, verify_session
 from ..schemas import ErrorBody
+from .openapi_hooks import NoAutoValidationErrorOperation
 
 _ERRORS = {
-    400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="seq is not an integer"),
     401: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Missing or invalid credential"),
     404: ResponseSpec(data_container=ErrorBody, generate_examples=False,
-                      description="No such record visible to the caller, or its EVM batch is not confirmed yet"),
+                      description="No such record visible to the caller, its EVM batch is not confirmed yet, "
+                      "or seq is not an integer (no such path)"),
 }
 
 
 @get("/v1/audit/records/{seq:int}", tags=["audit"], summary="Proof bundle of one ledger record", responses=_ERRORS,
-     sync_to_thread=True)
+     sync_to_thread=True, operation_class=NoAutoValidationErrorOperation)
 def audit_record(seq: Annotated[int, Parameter(description="the record's seq")], request: Request,
                  state: State) -> dict[str, Any]:
     """The record, its Merkle inclusion proof in its anchored batch, the batch root and chain

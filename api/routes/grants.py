@@ -53,7 +53,10 @@ async def grant_revoke(data: JSONBody[GrantRevokeRequest], request: Request, sta
     return GrantRevokeResponse(grant_id=data.grant_id, revoked=True)
 
 
-@get("/v1/grant/list", tags=["grants"], summary="The caller's grants, newest first", responses=_ERRORS,
+_LIST_ERRORS = {status: _ERRORS[status] for status in (401,)}  # a GET without a body: no 400/409/413
+
+
+@get("/v1/grant/list", tags=["grants"], summary="The caller's grants, newest first", responses=_LIST_ERRORS,
      sync_to_thread=True)
 def grant_list(request: Request, state: State) -> GrantListResponse:
     claims = _claims(request, state)

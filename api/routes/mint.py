@@ -6,7 +6,6 @@ body and its signed canonical form (400 when it does not parse), calls the mint 
 
 from __future__ import annotations
 
-import json
 
 import msgspec
 
@@ -16,7 +15,7 @@ from litestar.openapi import ResponseSpec
 from .openapi_hooks import RetryAfterOperation
 
 from ledger.identity import normalize_address
-from ledger.services.mint import MintIntent, MintResult
+from ledger.services.mint import MintIntent, MintResult, canonical_signing_input
 
 from ..auth.bearer import bearer_token, caller_of, verify_session
 from ..auth.session_jwt import looks_like_session_jwt
@@ -33,15 +32,6 @@ _ERRORS = {
     502: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="STS refused or unreachable (sts_error)"),
     503: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Anchors did not confirm in time; nothing released (anchor_unavailable)"),
 }
-
-
-def canonical_signing_input(raw: bytes) -> bytes:
-    """The seed's canonical body: the JSON with `auth.signature` removed, keys sorted recursively,
-    compact, non-ASCII unescaped (seed-spec §B.4 step 3)."""
-    value = json.loads(raw.decode("utf-8"))  # strict UTF-8: raw lone surrogates are refused here
-    if isinstance(value, dict) and isinstance(value.get("auth"), dict):
-        value["auth"].pop("signature", None)
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def parse_mint_body(raw: bytes) -> tuple[MintIntent, bytes]:

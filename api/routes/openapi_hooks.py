@@ -16,3 +16,13 @@ class RetryAfterOperation(Operation):
         if isinstance(limited, dict):
             limited["headers"] = {**limited.get("headers", {}), **RETRY_AFTER}
         return out
+
+
+class NoAutoValidationErrorOperation(Operation):
+    """Drops the 400 Litestar declares for any handler with parameters, for routes where a bad path
+    parameter never reaches the handler (a typed path segment that does not match is 404)."""
+
+    def to_schema(self) -> dict:
+        out = super().to_schema()
+        out.get("responses", {}).pop("400", None)
+        return out

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -103,6 +104,15 @@ class MintRefused(Refusal):
     def __init__(self, reason: str, message: str, *, grant_id: str | None = None) -> None:
         super().__init__(reason, message)
         self.grant_id = grant_id
+
+
+def canonical_signing_input(raw: bytes) -> bytes:
+    """The seed's canonical body: the JSON with `auth.signature` removed, keys sorted recursively,
+    compact, non-ASCII unescaped (seed-spec §B.4 step 3)."""
+    value = json.loads(raw.decode("utf-8"))  # strict UTF-8: raw lone surrogates are refused here
+    if isinstance(value, dict) and isinstance(value.get("auth"), dict):
+        value["auth"].pop("signature", None)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def parse_issued_at(value: str) -> datetime:
