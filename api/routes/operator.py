@@ -49,9 +49,11 @@ _ERRORS = {
     413: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Body too large"),
     502: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="IAM refused the kill switch; nothing recorded"),
 }
+# what a GET can answer: no body, no case to conflict with
+_READ_ERRORS = {k: v for k, v in _ERRORS.items() if k in (400, 401, 403)}
 
 
-@get("/v1/operator/quarantine", tags=["operator"], summary="Quarantine cases with their history", responses=_ERRORS,
+@get("/v1/operator/quarantine", tags=["operator"], summary="Quarantine cases with their history", responses=_READ_ERRORS,
      sync_to_thread=True)
 def quarantine_list(request: Request, state: State,
                     status: Annotated[Literal["open", "all"], QueryParameter(description="open or all")] = "open",
@@ -83,7 +85,7 @@ async def quarantine_resolve(case_id: Annotated[str, PathParameter(description="
     return Response(ResolveResponse(case_id=result.case_id, status=result.status, seq=result.seq), status_code=200)
 
 
-@get("/v1/operator/mints", tags=["operator"], summary="Recent mints with their anchor status", responses=_ERRORS,
+@get("/v1/operator/mints", tags=["operator"], summary="Recent mints with their anchor status", responses=_READ_ERRORS,
      sync_to_thread=True)
 def mints_list(request: Request, state: State,
                limit: Annotated[int, QueryParameter(ge=1, le=1000, description="at most this many")] = 50,
