@@ -129,6 +129,7 @@ def test_keystore_deploy_anchor_status(node: Anvil, keys: dict[str, Path], tmp_p
                 assert time.monotonic() < deadline, evm.worker_status()
                 time.sleep(0.02)
         assert check_contiguity(evm.batches()) == []
+        local_firsts = [b["first_seq"] for b in evm.batches()]
     finally:
         evm.close()
         sqlite_anchor.close()
@@ -149,7 +150,11 @@ def test_keystore_deploy_anchor_status(node: Anvil, keys: dict[str, Path], tmp_p
     assert report["problems"] == []
     chain = report["chain"]
     assert (chain["start_seq"], chain["last_seq"], chain["contiguous"]) == (1, 30, True)
-    assert chain["batch_count"] == 5 and [b["first_seq"] for b in chain["batches"]] == [1, 8, 15, 22, 29]
+    # where batches split depends on timing (a 50 ms age limit under load); what must hold: the chain
+    # holds exactly the batches the anchor cut, none larger than batch_max, covering 1..30
+    firsts = [b["first_seq"] for b in chain["batches"]]
+    assert firsts == local_firsts and firsts[0] == 1 and chain["batch_count"] == len(firsts) >= 5
+    assert all(b - a <= 7 for a, b in zip(firsts, firsts[1:] + [31]))
     assert chain["fee_payer"] == node.accounts[1].address and int(chain["fee_payer_balance_wei"]) > 0
     assert report["anchors"]["evm"]["pending_batches"] == []
 
