@@ -105,6 +105,8 @@ REFUSALS: dict[str, tuple[str, bool]] = {
     "anchor_unready": ("anchor_unavailable", True),
     "anchor_deadline": ("anchor_unavailable", True),
     "contended": ("unavailable", True),
+    "ledger_unavailable": ("unavailable", True),
+    "ledger_low_space": ("unavailable", True),
 }
 
 # The message of a refusal is prefixed with its kind where the seed's messages are.

@@ -258,6 +258,7 @@ MintDenialReason = Literal[
     "bad_request",
     "anchor_unready",  # a required anchor was unready: refused before any work (design §8)
     "audience_mismatch",
+    "ledger_low_space",  # the ledger's disk was below BROKER_MIN_FREE_BYTES: refused before STS (design §8)
 ]
 
 
