@@ -107,6 +107,8 @@ REFUSALS: dict[str, tuple[str, bool]] = {
     "anchor_unready": ("anchor_unavailable", True),
     "anchor_deadline": ("anchor_unavailable", True),
     "contended": ("unavailable", True),
+    "ledger_unavailable": ("unavailable", True),
+    "ledger_low_space": ("unavailable", True),
     # email / OAuth2 sign-in (ledger/services/email_link.py, oauth2.py, signin_requests.py)
     "malformed_email": ("bad_request", True),
     "missing_parameter": ("bad_request", True),

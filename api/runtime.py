@@ -11,6 +11,7 @@ constructs concrete adapters.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from ledger.services.mint import MintService
 from ledger.services.refusals import Refusal
 from ledger.services.release import ReleasePath
 from ledger.services.signin import WalletSignIn
+from ledger.spill import spill_or_log
 from projections.db import make_engine
 from projections.grants import GrantReadModel
 from projections.registry import all_projections
@@ -137,6 +139,14 @@ def _start_evm_anchor(config: BrokerConfig) -> Anchor:
     return anchor.start(check=False)
 
 
+def _low_space(config: BrokerConfig, free_bytes: Callable[[], int] | None) -> Callable[[], bool]:
+    """The `LedgerSpace` port: True below `BROKER_MIN_FREE_BYTES` free on the ledger's disk."""
+    from ledger.spill import free_bytes as statvfs_free_bytes
+
+    reading = free_bytes or functools.partial(statvfs_free_bytes, config.ledger_db)
+    return lambda: reading() < config.min_free_bytes
+
+
 def _open_spill(config: BrokerConfig) -> Any:
     """The spill, preallocated now so that it can be written on a full disk (ledger/spill.py)."""
     from ledger.spill import CredentialSpill
@@ -179,6 +189,7 @@ class Services:
     operator: Any = None  # api.operator.OperatorSurface
     probes: ProbeRunner = field(default_factory=ProbeRunner)
     spill: Any = None  # ledger.spill.CredentialSpill, preallocated at boot
+    free_bytes_reading: Callable[[], int] | None = None  # injected by tests; else a statvfs of the ledger's disk
     _started: bool = field(default=False, repr=False)
 
     @classmethod
@@ -193,10 +204,12 @@ class Services:
         clock: Clock | None = None,
         anchor_ready: AnchorReadiness | None = None,
         legacy_backend: IdentityBackend | None = None,
+        free_bytes: Callable[[], int] | None = None,
     ) -> "Services":
         """`anchors` replaces the configured anchors (the caller opened them; they are closed on
         `stop()`); `gate` is a gate or a factory given the anchors (the pump's waiter is the
-        process-wide `ledger.anchoring.default_waiter()`)."""
+        process-wide `ledger.anchoring.default_waiter()`); `free_bytes` replaces the reading of
+        free bytes on the ledger's disk (tests inject a full disk)."""
         oidc_keys, session_keys = _load_keys(config)
         config.check_paths()
         now: Clock = clock or time.time
@@ -209,7 +222,9 @@ class Services:
                 )
             )
         opened: list[Anchor] = []
+        spill: Any = None
         try:
+            spill = _open_spill(config)
             if anchors is None:
                 for name in config.anchors:
                     if name == "evm":
@@ -246,6 +261,7 @@ class Services:
                 grants_required=config.grants_required, max_skew_s=config.mint_max_skew_s,
                 duration_s=config.sts.duration_seconds,
                 mint_limiter=RateLimiter(config.mints_per_hour_per_omni, HOUR), audience=config.issuer, clock=now,
+                low_space=_low_space(config, free_bytes), spill=functools.partial(spill_or_log, spill),
             )
             services = cls(
                 minter=minter, grants=grants, mint=mint, release=release,
@@ -253,7 +269,7 @@ class Services:
                 oidc_keys=oidc_keys, session_keys=session_keys, signer=signer, gate=gate, wallet_auth=wallet_auth,
                 challenge_limiter=RateLimiter(config.challenges_per_hour_per_ip, HOUR),
                 failed_verify_limiter=RateLimiter(config.failed_verifies_per_hour_per_ip, HOUR),
-                probes=probes,
+                probes=probes, spill=spill, free_bytes_reading=free_bytes,
             )
             if config.legacy_bearer and config.backend_url:
                 services.legacy = LegacyService(
@@ -264,11 +280,9 @@ class Services:
             from .operator import OperatorSurface
 
             services.operator = OperatorSurface.build(services)
-            services.spill = _open_spill(config)
             services.record_signing_keys()
             services.record_anchor_contracts()
         except BaseException:
-            spill = getattr(locals().get("services"), "spill", None)
             if spill is not None:
                 spill.close()
             for anchor in opened:
@@ -420,9 +434,7 @@ class Services:
     def ledger_low_on_space(self) -> bool:
         """True below `BROKER_MIN_FREE_BYTES` free on the ledger's disk: the mint use case refuses
         before STS (503 `unavailable`, `ledger_low_space`). A local statvfs: fine on the loop."""
-        from ledger.spill import low_on_space
-
-        return low_on_space(self.config.ledger_db, self.config.min_free_bytes)
+        return _low_space(self.config, self.free_bytes_reading)()
 
     def required_positions(self) -> dict[str, int]:
         """`confirmed_upto()` of every anchor the policy requires (local reads only)."""

@@ -270,6 +270,7 @@ MintDenialReason = Literal[
     "anchor_unready",  # a required anchor was unready: refused before any work (design §8)
     "audience_mismatch",
     "not_owner",  # an email / OAuth2 session (no wallet) tried to mint (issue 16)
+    "ledger_low_space",  # the ledger's disk was below BROKER_MIN_FREE_BYTES: refused before STS (design §8)
 ]
 
 

@@ -6,15 +6,19 @@ The use cases of `ledger/services/` depend on the ports below and nothing else o
 `SessionIssuer` and `GrantProofSigner` (api/signing.py: JWT/JWS with the session keyring),
 `GrantLookup` (projections/grants.py: the `grants` read model), `IdentityBackend` (api/legacy.py:
 the legacy bearer backend over HTTP), `RateLimit` (api/ratelimit.py), `AnchorReadiness` (the
-runtime's cached readiness of the required anchors) and `Clock`.
+runtime's cached readiness of the required anchors), `LedgerSpace` and `UnrecordedCredentialSink`
+(the runtime's free-space reading and the spill of ledger/spill.py) and `Clock`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Literal, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 from .chain import ChainRecord
+
+if TYPE_CHECKING:
+    from .spill import SpillEntry
 
 ReadinessStatus = Literal["ready", "degraded", "unready"]
 
@@ -144,6 +148,21 @@ class CredentialMinter(Protocol):
 
 Clock = Callable[[], float]
 """Wall-clock time in Unix seconds (`time.time` in production; tests inject their own)."""
+
+LedgerSpace = Callable[[], bool]
+"""`low_space()`: True when the ledger's disk has less free space than `BROKER_MIN_FREE_BYTES`
+(runtime: a statvfs of the ledger's file system, `ledger/spill.py` `low_on_space`). The mint use
+case then refuses before STS (`ledger_low_space`), so no credential is issued that the ledger
+may not be able to record."""
+
+UnrecordedCredentialSink = Callable[["SpillEntry"], bool]
+"""`keep(credential)`: durably keep a credential STS issued that the ledger could not record (its
+key id and STS session name, never the secret): the preallocated spill written with fsync, and a
+CRITICAL log line (runtime: `ledger/spill.py` `spill_or_log` over the boot-time spill). True when
+the spill holds it (it becomes `MintUnreleased{ledger_write_failed}` once the ledger recovers),
+False when only the log line does. Blocks on fsync: the mint use case calls it in a worker
+thread."""
+
 
 AnchorReadiness = Callable[[str], Readiness]
 """`anchor_ready(name)`: the readiness of one anchor, ideally the last result of a background

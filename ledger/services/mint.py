@@ -19,8 +19,14 @@ Order of work (the first refusal wins; nothing after it runs):
     decided on the `Grant` aggregate (`no_grant`, `grant_*`, `scope_not_granted`)
  5. admission: one atomic append of `GrantUsed` + `MintRequested` (stream `wallet:request_id`), so
     the request id is spent and the grant use consumed together (`request_replayed`)
- 6. STS AssumeRole (`sts_error`, `invalid_scope`): only now, so refused requests never reach STS
- 7. the release path: `MintAuthorized` (never the secret), the gate, `MintWithheld` otherwise.
+ 6. STS AssumeRole (`sts_error`, `invalid_scope`): only now, so refused requests never reach STS;
+    refused before it (and before admission) when the ledger's disk is below
+    `BROKER_MIN_FREE_BYTES` (`ledger_low_space`, a `MintDenied` when the ledger still takes it)
+ 7. the release path: `MintAuthorized` (never the secret), the gate, `MintWithheld` otherwise. If
+    the `MintAuthorized` append fails (`LedgerUnavailable`, e.g. SQLITE_FULL) the credential STS
+    issued is not released: its key id and session name go to the spill (fsync, in a worker
+    thread) and a CRITICAL log line, the caller gets 503 `ledger_unavailable` saying so, and the
+    spill's recovery records `MintUnreleased{ledger_write_failed}` once the ledger takes writes.
 Every refusal from step 1 on is recorded once, by construction: `_recorded` turns any `Refusal`
 raised inside it into one `MintDenied` (reason = the refusal's reason, mapped onto
 `MintDenialReason`) before it propagates; `Withheld` is not a denial (its `MintWithheld` is written
@@ -32,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -43,17 +50,21 @@ from ..aggregates import Grant, GrantRefused, MintRequest, stream_id
 from ..app import Ledger
 from ..canonical import canonical_bytes
 from ..chain import ChainRecord
-from ..errors import ConcurrencyConflict
+from ..errors import ConcurrencyConflict, LedgerUnavailable
 from ..events import (GrantCreated, MintAuthorized, MintDenialReason, MintDenied, MintRequested, MintUnreleased,
                       MintWithheld)
 from ..identity import evm_omni_account
-from ..ports import AnchorReadiness, AssumeRoleRequest, Clock, CredentialMinter, GrantLookup, RateLimit, StsError
+from ..ports import (AnchorReadiness, AssumeRoleRequest, Clock, CredentialMinter, GrantLookup, IssuedCredentials,
+                     LedgerSpace, RateLimit, StsError, UnrecordedCredentialSink)
 from ..scopes import ScopeError
+from ..spill import SpillEntry, spill_or_log
 from ..signatures import SignatureError, verify_personal_sign
 from .caller import Caller
 from .grants import normalize_scope, scope_covers
 from .refusals import Refusal
 from .release import ReleasePath, Withheld, WithheldAppend
+
+log = logging.getLogger("agentkeys.mint")
 
 _DENIAL_REASONS = frozenset(get_args(MintDenialReason))
 _SIGNATURE_REASONS = frozenset({"signature_not_hex", "signature_length", "signature_v", "signature_zero",
@@ -96,6 +107,16 @@ class Unreleased(Refusal):
 
     def __init__(self, message: str) -> None:
         super().__init__("sts_error", message)
+
+
+class Unrecorded(Refusal):
+    """STS issued a credential and the ledger could not record its `MintAuthorized`: the credential
+    was not released, its key id and session name went to the spill (and a CRITICAL log line) and
+    become `MintUnreleased{ledger_write_failed}` once the ledger recovers. Not a denial (the ledger
+    is what failed); the caller sees 503 `ledger_unavailable`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("ledger_unavailable", message)
 
 
 class MintRefused(Refusal):
@@ -164,7 +185,11 @@ class MintService:
         mint_limiter: RateLimit,
         audience: str | None = None,
         clock: Clock = time.time,
+        low_space: LedgerSpace | None = None,
+        spill: UnrecordedCredentialSink | None = None,
     ) -> None:
+        """`low_space` (default: never low) refuses mints before STS; `spill` keeps a credential
+        the ledger could not record (default: the CRITICAL log line alone)."""
         self.ledger = ledger
         self.grants = grants
         self.minter = minter
@@ -176,6 +201,8 @@ class MintService:
         self.mint_limiter = mint_limiter
         self.audience = audience.rstrip("/") if audience else None
         self.clock = clock
+        self.low_space: LedgerSpace = low_space or (lambda: False)
+        self.spill: UnrecordedCredentialSink = spill or (lambda entry: spill_or_log(None, entry))
 
     # --- the two entry points -----------------------------------------------------------------
 
@@ -248,12 +275,18 @@ class MintService:
         """Every refusal raised inside is recorded as exactly one `MintDenied`."""
         try:
             yield
-        except (Withheld, Unreleased):
-            raise  # an outcome, not a denial: `MintWithheld` / `MintUnreleased` is already recorded
+        except (Withheld, Unreleased, Unrecorded):
+            raise  # an outcome, not a denial: `MintWithheld` / `MintUnreleased` is (or will be) recorded
         except Refusal as refusal:
             if refusal.reason == "contended":
                 raise  # lost ten races in a row: nothing was decided about this request; retry
-            await self._deny(ctx, refusal)
+            try:
+                await self._deny(ctx, refusal)
+            except LedgerUnavailable as exc:
+                if refusal.reason != "ledger_low_space":
+                    raise
+                # the disk is (nearly) full: nothing was issued, so the refusal stands unrecorded
+                log.error("could not record MintDenied{ledger_low_space} for %s: %s", ctx.intent.request_id, exc)
             raise
 
     async def _deny(self, ctx: _Ctx, refusal: Refusal) -> None:
@@ -278,9 +311,33 @@ class MintService:
             raise Refusal("anchor_unready", f"audit anchors {', '.join(unready)} are not ready; nothing was "
                           "released (see /readyz)")
 
+    def _check_space(self) -> None:
+        # A statvfs of the local ledger disk (cheap): refused before admission and STS, so no
+        # credential is issued that a full disk would leave unrecordable.
+        if self.low_space():
+            raise Refusal("ledger_low_space", "the ledger's disk is low on free space; nothing was issued, "
+                          "retry later")
+
+    async def _keep_unrecorded(self, ctx: _Ctx, requested_seq: int, creds: IssuedCredentials,
+                               exc: LedgerUnavailable) -> None:
+        """The `MintAuthorized` append failed after STS issued `creds`: spill its key id and
+        session name (never the secret), then refuse with a message that says what happened."""
+        entry = SpillEntry(
+            request_id=ctx.intent.request_id, wallet=ctx.wallet, requested_seq=requested_seq,
+            sts_session_name=creds.session_name, role_arn=creds.role_arn, access_key_id=creds.access_key_id,
+            expiration=creds.expiration or None, detail=f"MintAuthorized not recorded: {exc}"[:500])
+        kept = await asyncio.to_thread(self.spill, entry)  # fsync: never on the event loop
+        where = ("it will be recorded in the audit ledger (MintUnreleased) when the ledger recovers" if kept else
+                 "the broker could not keep it for the ledger either; its key id is in the broker's CRITICAL log "
+                 "for the operator")
+        raise Unrecorded(f"the ledger could not record the mint: STS issued a credential (STS session "
+                         f"{creds.session_name}) that was NOT released to you; {where}. Retry later with a fresh "
+                         "request_id")
+
     async def _admit_and_release(self, ctx: _Ctx, digest: str, *, audit_id: str) -> MintResult:
         """Admission, STS, then the release path: shared by both entry points."""
         intent = ctx.intent
+        self._check_space()
         requested, grant, requested_seq = await self._admit(ctx, digest)
         ctx.grant_id = requested.grant_id
         request = AssumeRoleRequest(
@@ -314,7 +371,11 @@ class MintService:
         stream = MintRequest.stream_for(ctx.wallet, intent.request_id)
 
         async def append() -> ChainRecord:
-            [record] = await self.ledger.append_async(stream, 1, [authorized])
+            try:
+                [record] = await self.ledger.append_async(stream, 1, [authorized])
+            except LedgerUnavailable as exc:
+                await self._keep_unrecorded(ctx, requested_seq, creds, exc)
+                raise  # unreachable: `_keep_unrecorded` always raises
             return record
 
         def withhold(record: ChainRecord, reason: str, missing: list[str]) -> WithheldAppend:

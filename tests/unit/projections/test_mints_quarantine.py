@@ -15,8 +15,10 @@ from ledger.events import (
     MintDenied,
     MintQuarantined,
     MintRequested,
+    MintUnreleased,
     MintWithheld,
     QuarantineResolved,
+    ReleaseUnconfirmed,
     RoleSessionsRevoked,
 )
 from projections.db import open_engine
@@ -57,7 +59,7 @@ def populate(ledger, rng: random.Random, n: int) -> dict[str, str]:
         rid = f"req-{i}"
         stream = MintRequest.stream_for(wallet, rid)
         outcome = rng.choice(["denied", "requested", "released", "withheld", "quarantined", "accepted",
-                              "revoked", "reanchoring", "reanchored"])
+                              "revoked", "reanchoring", "reanchored", "unreleased", "unconfirmed"])
         if outcome == "denied":
             ledger.append(uuid.uuid4(), 0, [MintDenied(request_id=rid, wallet=wallet, omni_account="o" * 64,
                                                        reason="no_grant", detail="no active grant")])
@@ -67,9 +69,20 @@ def populate(ledger, rng: random.Random, n: int) -> dict[str, str]:
         if outcome == "requested":
             expected[f"{wallet}:{rid}"] = "requested"
             continue
+        if outcome == "unreleased":  # STS issued it; the ledger recorded it only after recovering
+            ledger.append(stream, 1, [MintUnreleased(
+                request_id=rid, wallet=wallet, requested_seq=1, sts_session_name=f"agentkeys-{wallet[2:]}-1",
+                role_arn=ROLE, access_key_id=f"ASIA{i:016d}", expiration=2_000_000_000,
+                reason=rng.choice(["ledger_write_failed", "sts_outcome_unknown"]), detail="x")])
+            expected[f"{wallet}:{rid}"] = "unreleased"
+            continue
         [auth] = ledger.append(stream, 1, [_authorized(wallet, rid, f"ASIA{i:016d}")])
         if outcome == "released":
             expected[f"{wallet}:{rid}"] = "released"
+            continue
+        if outcome == "unconfirmed":  # anchored, then the broker died: it may have been delivered
+            ledger.append(uuid.uuid4(), 0, [ReleaseUnconfirmed(authorized_seq=auth.seq, kind="mint")])
+            expected[f"{wallet}:{rid}"] = "unconfirmed"
             continue
         if outcome == "withheld":
             ledger.append(stream, 2, [MintWithheld(request_id=rid, wallet=wallet, authorized_seq=auth.seq,
@@ -137,6 +150,8 @@ def test_mint_statuses_follow_the_ledger(ledger, engine) -> None:
         assert row is not None and row.status == status, (key, row)
     counts = status_counts(engine)
     assert sum(counts.values()) == len(expected)
+    for status in ("unreleased", "unconfirmed"):
+        assert counts[status] == sum(1 for s in expected.values() if s == status) > 0, status
     assert counts["resolved"] == sum(1 for s in expected.values() if s == "resolved")
     newest = recent_mints(engine, limit=5)
     assert [r.first_seq for r in newest] == sorted((r.first_seq for r in newest), reverse=True)
