@@ -73,14 +73,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BROKER_MINT_MAX_SKEW_SECONDS", "300", "A mint request's `issued_at` must be within this many seconds "
             "of the broker's clock, [5, 3600].", "mint-skew", "mint"),
     Setting("BROKER_RATE_LIMIT_MINTS_PER_HOUR_PER_OMNI", "30", "Mints one OmniAccount may request per hour, "
-            "[1, 1000000], charged once the per-call signature verified; beyond it 429 with Retry-After.",
+            "[1, 1000000], charged once the per-call signature verified for a fresh request; beyond it 429 with "
+            "Retry-After.",
             "rate-limits", "limits"),
     Setting("BROKER_RATE_LIMIT_BAD_SIGNATURES_PER_HOUR_PER_IP", "30", "Mint requests with a failed per-call "
-            "signature one client IP may make per hour, [1, 1000000]; beyond it those requests (never a validly "
-            "signed one) get 429 with Retry-After.", "rate-limits", "limits"),
+            "signature (or a stale, foreign-audience or replayed one) one client IP may make per hour, [1, 1000000]; "
+            "beyond it those requests (never a validly signed fresh one) get 429 with Retry-After.", "rate-limits", "limits"),
     Setting("BROKER_RATE_LIMIT_BAD_SIGNATURES_PER_HOUR_PER_WALLET", "30", "Mint requests with a failed per-call "
-            "signature per session wallet per hour, [1, 1000000]; beyond it those requests (never a validly "
-            "signed one) get 429 with Retry-After.", "rate-limits", "limits"),
+            "signature (or a stale, foreign-audience or replayed one) per session wallet per hour, [1, 1000000]; "
+            "beyond it those requests (never a validly signed fresh one) get 429 with Retry-After.", "rate-limits", "limits"),
     Setting("BROKER_RATE_LIMIT_LEGACY_PER_MINUTE_PER_IP", "60", "Legacy bearer requests (mint and exchange) one "
             "client IP may make per minute, [1, 1000000], counted before the backend is asked; beyond it 429.",
             "rate-limits", "limits"),

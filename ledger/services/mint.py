@@ -12,11 +12,12 @@ Order of work (the first refusal wins; nothing after it runs):
     does not parse names no request: refused, not recorded; nothing from the request enters an
     event before this step, so an event holds only validated, bounded values)
  1. per-call signature over the canonical body (`signature_*`, `address_mismatch`); signer ==
-    `auth.address` == the session's wallet (`wallet_mismatch`). A failed signature counts against
+    `auth.address` == the session's wallet (`wallet_mismatch`)
+ 2. the signature is for this request now: `issued_at` fresh (`stale_request`), the signed `aud`,
+    when present, this broker's (`audience_mismatch`), the request id not yet spent
+    (`request_replayed`, re-checked atomically at admission). A failure in steps 1-2 counts against
     the bad-signature limits per client IP and per wallet (the session's); beyond either, that
-    request (and only a request whose signature failed) is `rate_limited`
- 2. `issued_at` fresh (`stale_request`); the signed `aud`, when present, is this broker's
-    (`audience_mismatch`)
+    request (and only a request that failed here) is `rate_limited`
  3. per-OmniAccount mint budget (`rate_limited`, with `retry_after`): charged only now, once the
     wallet's key signed this request, so a stolen session JWT without the key cannot spend it
  4. every required anchor ready (`anchor_unready`): refused before any work (before STS), from
@@ -210,19 +211,23 @@ class MintService:
                     raise Refusal(exc.reason, str(exc)) from None
                 if not wallet or intent.address.lower() != wallet.lower():
                     raise Refusal("wallet_mismatch", "auth.address is not the wallet bound to this session")
+                # a signature the wallet made, but not for this request now: an old body replayed by
+                # whoever holds the session, another broker's body, a spent request id
+                try:
+                    issued = parse_issued_at(intent.issued_at)
+                except ValueError as exc:
+                    raise Refusal("bad_request", str(exc)) from None
+                skew = abs(self.clock() - issued.timestamp())
+                if skew > self.max_skew_s:
+                    raise Refusal("stale_request", f"issued_at is more than {self.max_skew_s} s from now")
+                if intent.aud is not None and intent.aud != self.audience:
+                    raise Refusal("audience_mismatch", f"aud must be this broker's issuer {self.audience}")
+                if self.ledger.load(MintRequest, MintRequest.stream_for(ctx.wallet, intent.request_id)).version > 0:
+                    raise Refusal("request_replayed", "request_id already used")
             except Refusal as refusal:
                 self._check_bad_signature_limits(client, (wallet or intent.address).lower())
                 raise refusal from None
-            try:
-                issued = parse_issued_at(intent.issued_at)
-            except ValueError as exc:
-                raise Refusal("bad_request", str(exc)) from None
-            skew = abs(self.clock() - issued.timestamp())
-            if skew > self.max_skew_s:
-                raise Refusal("stale_request", f"issued_at is more than {self.max_skew_s} s from now")
-            if intent.aud is not None and intent.aud != self.audience:
-                raise Refusal("audience_mismatch", f"aud must be this broker's issuer {self.audience}")
-            self._check_rate(ctx)  # only now: the wallet's key signed this request
+            self._check_rate(ctx)  # only now: the wallet's key signed this request, for this broker, now
             await self._check_anchors_ready()
             return await self._admit_and_release(ctx, digest, audit_id=f"aud_{int(issued.timestamp())}_{digest[:16]}")
 
@@ -295,7 +300,8 @@ class MintService:
     def _check_bad_signature_limits(self, client: str, wallet: str) -> None:
         """Count one failed signature against the client IP and the wallet (each check counts and
         decides atomically); beyond either limit this failed request is `rate_limited`. Called only
-        for requests whose signature failed: a validly signed mint never reaches it."""
+        for requests whose signature failed or was not valid for this request (stale, another
+        audience, a spent request id): a validly signed fresh mint never reaches it."""
         refused: tuple[str, RateDecision] | None = None
         for limiter, key, what in ((self.bad_signature_ip_limiter, f"ip:{client}", "from this address"),
                                    (self.bad_signature_wallet_limiter, f"wallet:{wallet}", "for this wallet")):

@@ -121,7 +121,13 @@ def test_stolen_session_jwt_without_the_wallet_key_cannot_exhaust_the_daemons_bu
             attempts.append(r.status_code)
         assert 429 not in attempts and all(s in (400, 401) for s in attempts), attempts
         # the daemon, holding the key, still has its whole budget
-        assert [b.mint(stolen_jwt, signed_mint_body(daemon)).status_code for _ in range(4)] == [200, 200, 200, 429]
+        captured = signed_mint_body(daemon)
+        assert b.mint(stolen_jwt, captured).status_code == 200
+        # bodies the daemon signed, captured and replayed by the thief, spend nothing either
+        old = signed_mint_body(daemon, issued_at="2020-01-01T00:00:00Z")
+        replays = [b.mint(stolen_jwt, captured).status_code for _ in range(4)] + [b.mint(stolen_jwt, old).status_code]
+        assert replays == [409] * 4 + [400]
+        assert [b.mint(stolen_jwt, signed_mint_body(daemon)).status_code for _ in range(3)] == [200, 200, 429]
         assert b.minter.calls == 3
         b.client.close()
 
