@@ -74,7 +74,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BROKER_MINT_MAX_SKEW_SECONDS", "300", "A mint request's `issued_at` must be within this many seconds "
             "of the broker's clock, [5, 3600].", "mint-skew", "mint"),
     Setting("BROKER_RATE_LIMIT_MINTS_PER_HOUR_PER_OMNI", "30", "Mints one OmniAccount may request per hour, "
-            "[1, 1000000]; beyond it 429 with Retry-After.", "rate-limits", "limits"),
+            "[1, 1000000], charged once the per-call signature verified for a fresh request; beyond it 429 with "
+            "Retry-After.",
+            "rate-limits", "limits"),
+    Setting("BROKER_RATE_LIMIT_BAD_SIGNATURES_PER_HOUR_PER_IP", "30", "Mint requests with a failed per-call "
+            "signature (or a stale, foreign-audience or replayed one) one client IP may make per hour, [1, 1000000]; "
+            "beyond it those requests (never a validly signed fresh one) get 429 with Retry-After.", "rate-limits", "limits"),
+    Setting("BROKER_RATE_LIMIT_BAD_SIGNATURES_PER_HOUR_PER_WALLET", "30", "Mint requests with a failed per-call "
+            "signature (or a stale, foreign-audience or replayed one) per session wallet per hour, [1, 1000000]; "
+            "beyond it those requests (never a validly signed fresh one) get 429 with Retry-After.", "rate-limits", "limits"),
+    Setting("BROKER_RATE_LIMIT_LEGACY_PER_MINUTE_PER_IP", "60", "Legacy bearer requests (mint and exchange) one "
+            "client IP may make per minute, [1, 1000000], counted before the backend is asked; beyond it 429.",
+            "rate-limits", "limits"),
     Setting("BROKER_LEGACY_BEARER", "false", "`true` enables the seed's legacy opaque-bearer path: "
             "`/v1/mint-aws-creds` with a non-JWT bearer and `/v1/auth/exchange`, validated by the backend.",
             "legacy-bearer", "legacy"),
@@ -418,6 +429,9 @@ class BrokerConfig:
     grants_required: bool = True
     mint_max_skew_s: int = 300
     mints_per_hour_per_omni: int = 30
+    bad_signatures_per_hour_per_ip: int = 30
+    bad_signatures_per_hour_per_wallet: int = 30
+    legacy_per_minute_per_ip: int = 60
     evm: Any = None  # anchors.evm.EvmAnchorConfig when `evm` is an anchor
     evm_confirm_deadline_s: int = 600
     operator_token: str | None = field(default=None, repr=False)
@@ -513,6 +527,10 @@ class BrokerConfig:
             grants_required=_bool(env, "BROKER_GRANTS_REQUIRED"),
             mint_max_skew_s=_int(env, "BROKER_MINT_MAX_SKEW_SECONDS", 5, 3600),
             mints_per_hour_per_omni=_int(env, "BROKER_RATE_LIMIT_MINTS_PER_HOUR_PER_OMNI", 1, 1_000_000),
+            bad_signatures_per_hour_per_ip=_int(env, "BROKER_RATE_LIMIT_BAD_SIGNATURES_PER_HOUR_PER_IP", 1, 1_000_000),
+            bad_signatures_per_hour_per_wallet=_int(env, "BROKER_RATE_LIMIT_BAD_SIGNATURES_PER_HOUR_PER_WALLET", 1,
+                                                    1_000_000),
+            legacy_per_minute_per_ip=_int(env, "BROKER_RATE_LIMIT_LEGACY_PER_MINUTE_PER_IP", 1, 1_000_000),
             operator_token=_operator_token(env),
             operator_wallets=_operator_wallets(env),
             iam_endpoint_url=_iam_endpoint(env, dev_mode),

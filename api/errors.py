@@ -99,6 +99,7 @@ REFUSALS: dict[str, tuple[str, bool]] = {
     "rate_limited": ("rate_limited", True),
     "challenges_per_ip": ("rate_limited", True),
     "failed_verifies_per_ip": ("rate_limited", True),
+    "legacy_per_ip": ("rate_limited", True),
     # 5xx
     "anchored_batch_mismatch": ("internal", False),
     "sts_error": ("sts_error", False),

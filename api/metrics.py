@@ -8,8 +8,8 @@ positions, the last fee-payer probe). The release histogram is fed by the releas
 
 | metric | labels | source |
 |---|---|---|
-| `agentkeys_mints_total` | `outcome` | `MintRequested` requested, `MintAuthorized` released, `MintWithheld`, `MintUnreleased`, `ReleaseUnconfirmed`(mint), `MintQuarantined`, `QuarantineResolved`(resolved), `MintDenied` (its `rate_limited` refusals also count here) |
-| `agentkeys_auth_attempts_total` | `method`, `outcome` | `AuthSucceeded` (succeeded), `AuthFailed` (failed) |
+| `agentkeys_mints_total` | `outcome` | `MintRequested` requested, `MintAuthorized` released, `MintWithheld`, `MintUnreleased`, `ReleaseUnconfirmed`(mint), `MintQuarantined`, `QuarantineResolved`(resolved), `MintDenied` (its `rate_limited` refusals count as `rate_limited`), plus the rate-limited refusals not recorded one by one (`UnrecordedCounts`) |
+| `agentkeys_auth_attempts_total` | `method`, `outcome` | `AuthSucceeded` (succeeded), `AuthFailed` (failed), plus legacy bearer failures not recorded one by one (`UnrecordedCounts`) |
 | `agentkeys_release_seconds` | | the release gate's wait, per release decision |
 | `agentkeys_anchor_lag_records` | `anchor` | ledger head − the anchor's confirmed seq |
 | `agentkeys_quarantine_open` | | open and re-anchoring cases (`quarantine` read model) |
@@ -64,6 +64,44 @@ class _Gauges:
         if s.get("fee_payer_balance_wei") is not None:
             yield GaugeMetricFamily("agentkeys_fee_payer_balance_wei", "EVM fee payer balance at the last probe",
                                     value=s["fee_payer_balance_wei"])
+
+
+class UnrecordedCounts:
+    """The `UnrecordedOutcomes` port (ledger/ports.py): outcomes the use cases deliberately do not
+    record one by one (design §8: refusals beyond a rate limit after the first of a window) are
+    counted here, in the same counters as the ledger-derived ones. Built before the `Metrics` it
+    feeds (the use cases are built first); counts made before `attach` are added on attach."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._metrics: Metrics | None = None
+        self._pending: list[tuple[str, tuple[str, ...]]] = []
+
+    def attach(self, metrics: Metrics) -> None:
+        with self._lock:
+            self._metrics = metrics
+            pending, self._pending = self._pending, []
+        for what, labels in pending:
+            self._inc(metrics, what, labels)
+
+    @staticmethod
+    def _inc(metrics: Metrics, what: str, labels: tuple[str, ...]) -> None:
+        (metrics.mints if what == "mint" else metrics.auth).labels(*labels).inc()
+
+    def _count(self, what: str, labels: tuple[str, ...]) -> None:
+        with self._lock:
+            metrics = self._metrics
+            if metrics is None:
+                if len(self._pending) < 10_000:  # bounded until attached
+                    self._pending.append((what, labels))
+                return
+        self._inc(metrics, what, labels)
+
+    def mint(self, outcome: str) -> None:
+        self._count("mint", (outcome,))
+
+    def auth(self, method: str, outcome: str) -> None:
+        self._count("auth", (method, outcome))
 
 
 class Metrics:

@@ -6,8 +6,15 @@ window is allowed iff n <= limit. A denied caller gets `retry_after_seconds` = w
 window ends (at least 1). Known property of fixed windows: up to 2*limit attempts can land around a
 window boundary; the seed accepts this and so do we.
 
-`peek(key)` decides without counting, for limits on *failures*: a route peeks before doing work and
-calls `hit(key)` only when the work failed (e.g. a failed sign-in verification).
+Limits on *failures* (failed sign-ins) reserve before the work and give the slot back when the work
+succeeded: `check(key)` counts the attempt atomically (so N parallel attempts can never all pass a
+limit below N) and `refund(key, decision)` uncounts it in the same window. `peek(key)` decides
+without counting (for displays and tests; a peek-then-count sequence is not atomic: never use it as
+a limit).
+
+`Decision.first_refusal` is True for exactly one refused attempt per key and window (the
+`limit + 1`-th; a limiter that refunds may see it again after a refund): callers that record a
+refusal once per window (design §8 "Reasons and kinds") record that one and only count the others.
 
 Memory is bounded: at most `max_keys` keys are tracked. Entries are kept in window order; inserting
 a new key first drops every entry of a past window, then, if the bound is still reached, the oldest
@@ -25,7 +32,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Hashable
 
 
@@ -34,6 +41,9 @@ class Decision:
     allowed: bool
     retry_after_seconds: int  # 0 when allowed
     remaining: int = 0  # attempts left in the current window after this one
+    # bookkeeping, not part of the decision's value (equality compares the three fields above)
+    first_refusal: bool = field(default=False, compare=False)  # the first refused attempt of this key in this window
+    window: int = field(default=0, compare=False)  # the window the attempt was counted in (for `refund`)
 
 
 class RateLimiter:
@@ -67,8 +77,9 @@ class RateLimiter:
 
     def _decide(self, count: int, window: int, now: float) -> Decision:
         if count <= self.limit:
-            return Decision(True, 0, self.limit - count)
-        return Decision(False, self._retry_after(window, now), 0)
+            return Decision(True, 0, self.limit - count, window=window)
+        return Decision(False, self._retry_after(window, now), 0, first_refusal=count == self.limit + 1,
+                        window=window)
 
     def check(self, key: Hashable) -> Decision:
         """Count one attempt for `key` and decide it (n-th in the window allowed iff n <= limit)."""
@@ -101,6 +112,16 @@ class RateLimiter:
         if count < self.limit:
             return Decision(True, 0, self.limit - count)
         return Decision(False, self._retry_after(window, now), 0)
+
+    def refund(self, key: Hashable, decision: Decision) -> None:
+        """Give back an attempt `check` counted and allowed (the work it guarded succeeded): the
+        key's count drops by one if it is still in the decision's window (a past window is gone)."""
+        if not decision.allowed:
+            return
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] == decision.window and entry[1] > 0:
+                entry[1] -= 1
 
     def reset(self, key: Hashable) -> None:
         with self._lock:

@@ -52,6 +52,7 @@ log = logging.getLogger("agentkeys.runtime")
 # A projection further behind the ledger head than this is reported degraded.
 PROJECTION_LAG_DEGRADED = 1000
 HOUR = 3600
+MINUTE = 60
 ANCHOR_READY_TTL_S = 1.0
 MINUTE = 60
 STS_PROBE_TTL_S = 15.0
@@ -252,6 +253,9 @@ class Services:
             wallet_auth = WalletSignIn(ledger=ledger, issuer=issuer, release=release, domain=config.siwe_domain,
                                        uri=config.issuer, chain_ids=config.siwe_chain_ids, clock=now)
             minter = minter if minter is not None else BotoStsMinter(config.sts)
+            from .metrics import UnrecordedCounts
+
+            unrecorded = UnrecordedCounts()  # attached to the operator surface's metrics below
             grant_reads = GrantReadModel(runner)
             grants = GrantService(ledger=ledger, grants=grant_reads, proof_signer=JwsGrantProofSigner(session_keys),
                                   clock=now)
@@ -260,7 +264,10 @@ class Services:
                 anchor_ready=anchor_ready or probed_anchor_readiness(probes, cached_anchor_readiness(opened)),
                 grants_required=config.grants_required, max_skew_s=config.mint_max_skew_s,
                 duration_s=config.sts.duration_seconds,
-                mint_limiter=RateLimiter(config.mints_per_hour_per_omni, HOUR), audience=config.issuer, clock=now,
+                mint_limiter=RateLimiter(config.mints_per_hour_per_omni, HOUR),
+                bad_signature_ip_limiter=RateLimiter(config.bad_signatures_per_hour_per_ip, HOUR),
+                bad_signature_wallet_limiter=RateLimiter(config.bad_signatures_per_hour_per_wallet, HOUR),
+                unrecorded=unrecorded, audience=config.issuer, clock=now,
                 low_space=_low_space(config, free_bytes), spill=functools.partial(spill_or_log, spill),
             )
             services = cls(
@@ -274,12 +281,16 @@ class Services:
             if config.legacy_bearer and config.backend_url:
                 services.legacy = LegacyService(
                     backend=legacy_backend or LegacyBackend(config.backend_url, config.backend_timeout_s),
-                    ledger=ledger, issuer=issuer, release=release, mint_service=mint)
+                    ledger=ledger, issuer=issuer, release=release, mint_service=mint,
+                    limiter=RateLimiter(config.legacy_per_minute_per_ip, MINUTE),
+                    failure_log=RateLimiter(1, MINUTE),  # the first backend failure per IP and minute is recorded
+                    unrecorded=unrecorded)
             services.build_signin()
             probes.configure(services.readiness_probes())  # after every part whose check it probes
             from .operator import OperatorSurface
 
             services.operator = OperatorSurface.build(services)
+            unrecorded.attach(services.operator.metrics)
             services.record_signing_keys()
             services.record_anchor_contracts()
         except BaseException:
@@ -510,16 +521,19 @@ class Services:
             raise Refusal("challenges_per_ip", "too many sign-in challenges from this address",
                           retry_after=decision.retry_after_seconds)
 
-    def check_failed_verify_budget(self, request: Any) -> str:
+    def reserve_failed_verify(self, request: Any) -> tuple[str, Any]:
+        """Charge one failed verification to the client IP before verifying, in one atomic step
+        (parallel failures can never all pass the limit); `refund_failed_verify` gives the slot
+        back when the verification did not fail."""
         key = self.client_ip(request)
-        decision = self.failed_verify_limiter.peek(key)
+        decision = self.failed_verify_limiter.check(key)
         if not decision.allowed:
             raise Refusal("failed_verifies_per_ip", "too many failed sign-in verifications from this address",
                           retry_after=decision.retry_after_seconds)
-        return key
+        return key, decision
 
-    def count_failed_verify(self, key: str) -> None:
-        self.failed_verify_limiter.check(key)
+    def refund_failed_verify(self, reservation: tuple[str, Any]) -> None:
+        self.failed_verify_limiter.refund(*reservation)
 
     # --- readiness (background probes: api/probes.py; issue 12) -------------------------------
 

@@ -5,9 +5,10 @@ implementation passes tests/contract/test_anchor_contract.py. `CredentialMinter`
 The use cases of `ledger/services/` depend on the ports below and nothing else outside `ledger/`:
 `SessionIssuer` and `GrantProofSigner` (api/signing.py: JWT/JWS with the session keyring),
 `GrantLookup` (projections/grants.py: the `grants` read model), `IdentityBackend` (api/legacy.py:
-the legacy bearer backend over HTTP), `RateLimit` (api/ratelimit.py), `AnchorReadiness` (the
-runtime's cached readiness of the required anchors), `LedgerSpace` and `UnrecordedCredentialSink`
-(the runtime's free-space reading and the spill of ledger/spill.py) and `Clock`.
+the legacy bearer backend over HTTP), `RateLimit` (api/ratelimit.py), `UnrecordedOutcomes`
+(api/metrics.py), `AnchorReadiness` (the runtime's cached readiness of the required anchors),
+`LedgerSpace` and `UnrecordedCredentialSink` (the runtime's free-space reading and the spill of
+ledger/spill.py) and `Clock`.
 """
 
 from __future__ import annotations
@@ -227,12 +228,40 @@ class RateDecision(Protocol):
     @property
     def retry_after_seconds(self) -> int: ...
 
+    @property
+    def first_refusal(self) -> bool:
+        """The first refused attempt of this key in this window (the one refusal that is recorded)."""
+        ...
+
 
 @runtime_checkable
 class RateLimit(Protocol):
-    """Counts one attempt for `key` and says whether it is within the limit."""
+    """Counts one attempt for `key` and says whether it is within the limit, in one atomic step
+    (parallel attempts never all pass a limit below their number)."""
 
     def check(self, key: Hashable) -> RateDecision: ...
+
+
+@runtime_checkable
+class UnrecordedOutcomes(Protocol):
+    """Counts outcomes that are deliberately not recorded one by one in the ledger (design §8
+    "Reasons and kinds": refusals beyond a rate limit after the first of a window; legacy bearer
+    failures beyond the first per client and window). Implemented by api/metrics.py (the
+    `agentkeys_mints_total{outcome}` and `agentkeys_auth_attempts_total{method,outcome}` counters)."""
+
+    def mint(self, outcome: str) -> None: ...
+
+    def auth(self, method: str, outcome: str) -> None: ...
+
+
+class NoUnrecordedOutcomes:
+    """An `UnrecordedOutcomes` that counts nothing (use cases built without metrics)."""
+
+    def mint(self, outcome: str) -> None:
+        return None
+
+    def auth(self, method: str, outcome: str) -> None:
+        return None
 
 
 @runtime_checkable

@@ -50,13 +50,17 @@ async def wallet_start(data: JSONBody[WalletStartRequest], request: Request, sta
 async def wallet_verify(data: JSONBody[WalletVerifyRequest], request: Request, state: State) -> SessionResponse:
     services = state.services
     _require_method(state)
-    key = services.check_failed_verify_budget(request)
+    reservation = services.reserve_failed_verify(request)  # counted now, atomically; refunded unless it failed
     try:
         session = await services.wallet_auth.verify(data.request_id, data.signature)
     except Refusal as exc:
-        if refusal_kind(exc) in ("bad_request", "unauthorized"):
-            services.count_failed_verify(key)
+        if refusal_kind(exc) not in ("bad_request", "unauthorized"):
+            services.refund_failed_verify(reservation)
         raise
+    except BaseException:
+        services.refund_failed_verify(reservation)
+        raise
+    services.refund_failed_verify(reservation)
     return SessionResponse(
         session_jwt=session.token,
         session_jwt_kid=session.kid,

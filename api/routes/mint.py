@@ -28,7 +28,8 @@ _ERRORS = {
     403: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="No usable grant (reason: no_grant, grant_revoked, grant_expired, grant_exhausted, scope_not_granted)"),
     409: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="request_id already used by this wallet (reason: request_replayed)"),
     413: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Body too large"),
-    429: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Too many mints for this account (Retry-After)"),
+    429: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Too many mints for this account, "
+                      "or too many failed signatures from this address or for this wallet (Retry-After)"),
     502: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="STS refused or unreachable (sts_error)"),
     503: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Anchors did not confirm in time; nothing released (anchor_unavailable)"),
 }
@@ -97,7 +98,8 @@ async def mint_aws_creds(request: Request, state: State) -> MintResponse:
     token = bearer_token(request.headers)
     raw = await request.body()
     if services.legacy is not None and not looks_like_session_jwt(token):
-        return _response(await services.legacy.mint(token))  # seed §B.3: the body is ignored on this path
+        # seed §B.3: the body is ignored on this path
+        return _response(await services.legacy.mint(token, client=services.client_ip(request)))
     claims = verify_session(token, services.session_keys, services.config.issuer, services.projections)
     intent, canonical = parse_mint_body(raw)
-    return _response(await services.mint.mint(caller_of(claims), intent, canonical))
+    return _response(await services.mint.mint(caller_of(claims), intent, canonical, client=services.client_ip(request)))

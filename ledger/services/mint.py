@@ -8,21 +8,28 @@ resource, and the ledger record naming all four (`MintAuthorized`) has been conf
 anchor the policy requires.
 
 Order of work (the first refusal wins; nothing after it runs):
- 0. fields: request_id, agent_id, service, scope_path well-formed (a request that does not parse
-    names no request: refused, not recorded)
- 1. per-OmniAccount rate limit (`rate_limited`, with `retry_after`)
- 2. per-call signature over the canonical body (`signature_*`, `address_mismatch`); signer ==
-    `auth.address` == the session's wallet (`wallet_mismatch`); `issued_at` fresh (`stale_request`)
- 3. every required anchor ready (`anchor_unready`): refused before any work (before STS), from
+ 0. fields: request_id, agent_id, service, scope_path, auth.address well-formed (a request that
+    does not parse names no request: refused, not recorded; nothing from the request enters an
+    event before this step, so an event holds only validated, bounded values)
+ 1. per-call signature over the canonical body (`signature_*`, `address_mismatch`); signer ==
+    `auth.address` == the session's wallet (`wallet_mismatch`)
+ 2. the signature is for this request now: `issued_at` fresh (`stale_request`), the signed `aud`,
+    when present, this broker's (`audience_mismatch`), the request id not yet spent
+    (`request_replayed`, re-checked atomically at admission). A failure in steps 1-2 counts against
+    the bad-signature limits per client IP and per wallet (the session's); beyond either, that
+    request (and only a request that failed here) is `rate_limited`
+ 3. per-OmniAccount mint budget (`rate_limited`, with `retry_after`): charged only now, once the
+    wallet's key signed this request, so a stolen session JWT without the key cannot spend it
+ 4. every required anchor ready (`anchor_unready`): refused before any work (before STS), from
     the injected `AnchorReadiness` port, called in a worker thread (never on the event loop)
- 4. grant: the daemon's active grant for the service whose scope prefix covers the request,
+ 5. grant: the daemon's active grant for the service whose scope prefix covers the request,
     decided on the `Grant` aggregate (`no_grant`, `grant_*`, `scope_not_granted`)
- 5. admission: one atomic append of `GrantUsed` + `MintRequested` (stream `wallet:request_id`), so
+ 6. admission: one atomic append of `GrantUsed` + `MintRequested` (stream `wallet:request_id`), so
     the request id is spent and the grant use consumed together (`request_replayed`)
- 6. STS AssumeRole (`sts_error`, `invalid_scope`): only now, so refused requests never reach STS;
+ 7. STS AssumeRole (`sts_error`, `invalid_scope`): only now, so refused requests never reach STS;
     refused before it (and before admission) when the ledger's disk is below
     `BROKER_MIN_FREE_BYTES` (`ledger_low_space`, a `MintDenied` when the ledger still takes it)
- 7. the release path: `MintAuthorized` (never the secret), the gate, `MintWithheld` otherwise. If
+ 8. the release path: `MintAuthorized` (never the secret), the gate, `MintWithheld` otherwise. If
     the `MintAuthorized` append fails (`LedgerUnavailable`, e.g. SQLITE_FULL) the credential STS
     issued is not released: its key id and session name go to the spill (fsync, in a worker
     thread) and a CRITICAL log line, the caller gets 503 `ledger_unavailable` saying so, and the
@@ -30,7 +37,9 @@ Order of work (the first refusal wins; nothing after it runs):
 Every refusal from step 1 on is recorded once, by construction: `_recorded` turns any `Refusal`
 raised inside it into one `MintDenied` (reason = the refusal's reason, mapped onto
 `MintDenialReason`) before it propagates; `Withheld` is not a denial (its `MintWithheld` is written
-by the release path).
+by the release path). Rate-limited refusals are the exception (design §8 "Reasons and kinds"): the
+first per limited key and window is a `MintDenied{rate_limited}`, later ones are only counted
+(`UnrecordedOutcomes.mint("rate_limited")`, i.e. `agentkeys_mints_total{outcome="rate_limited"}`).
 """
 
 from __future__ import annotations
@@ -53,9 +62,10 @@ from ..chain import ChainRecord
 from ..errors import ConcurrencyConflict, LedgerUnavailable
 from ..events import (GrantCreated, MintAuthorized, MintDenialReason, MintDenied, MintRequested, MintUnreleased,
                       MintWithheld)
-from ..identity import evm_omni_account
+from ..identity import evm_omni_account, normalize_address
 from ..ports import (AnchorReadiness, AssumeRoleRequest, Clock, CredentialMinter, GrantLookup, IssuedCredentials,
-                     LedgerSpace, RateLimit, StsError, UnrecordedCredentialSink)
+                     LedgerSpace, NoUnrecordedOutcomes, RateDecision, RateLimit, StsError, UnrecordedCredentialSink,
+                     UnrecordedOutcomes)
 from ..scopes import ScopeError
 from ..spill import SpillEntry, spill_or_log
 from ..signatures import SignatureError, verify_personal_sign
@@ -117,6 +127,15 @@ class Unrecorded(Refusal):
 
     def __init__(self, message: str) -> None:
         super().__init__("ledger_unavailable", message)
+
+
+class RateLimited(Refusal):
+    """A refusal beyond a rate limit: recorded only when it is the first of its key and window
+    (`recorded`), otherwise only counted (design §8)."""
+
+    def __init__(self, message: str, decision: RateDecision) -> None:
+        super().__init__("rate_limited", message, retry_after=decision.retry_after_seconds)
+        self.recorded = bool(decision.first_refusal)
 
 
 class MintRefused(Refusal):
@@ -183,6 +202,9 @@ class MintService:
         max_skew_s: int,
         duration_s: int,
         mint_limiter: RateLimit,
+        bad_signature_ip_limiter: RateLimit | None = None,
+        bad_signature_wallet_limiter: RateLimit | None = None,
+        unrecorded: UnrecordedOutcomes | None = None,
         audience: str | None = None,
         clock: Clock = time.time,
         low_space: LedgerSpace | None = None,
@@ -199,6 +221,9 @@ class MintService:
         self.max_skew_s = max_skew_s
         self.duration_s = duration_s
         self.mint_limiter = mint_limiter
+        self.bad_signature_ip_limiter = bad_signature_ip_limiter
+        self.bad_signature_wallet_limiter = bad_signature_wallet_limiter
+        self.unrecorded = unrecorded or NoUnrecordedOutcomes()
         self.audience = audience.rstrip("/") if audience else None
         self.clock = clock
         self.low_space: LedgerSpace = low_space or (lambda: False)
@@ -206,36 +231,45 @@ class MintService:
 
     # --- the two entry points -----------------------------------------------------------------
 
-    async def mint(self, caller: Caller, intent: MintIntent, canonical: bytes) -> MintResult:
-        """The v2 path: `canonical` is the signed form of the body (seed-spec §B.4 step 3)."""
+    async def mint(self, caller: Caller, intent: MintIntent, canonical: bytes, *, client: str = "") -> MintResult:
+        """The v2 path: `canonical` is the signed form of the body (seed-spec §B.4 step 3);
+        `client` keys the per-IP bad-signature limit (the edge's client IP)."""
         intent = self._validated(intent)
         ctx = _Ctx(omni_account=caller.omni_account, identity_type=caller.identity_type,
                    identity_value=caller.identity_value, session_jti=caller.session_jti, intent=intent,
                    wallet=intent.address.lower())
         async with self._recorded(ctx):
-            self._check_rate(ctx)
             if not caller.wallet_address or caller.identity_type != "evm":
                 # an email / OAuth2 session holds no wallet: it mints nothing until the identity is
                 # linked to a wallet-backed account (design §3a)
                 raise Refusal("not_owner", f"a {caller.identity_type} session holds no wallet; link the identity to "
                               "a wallet-backed account first")
             digest = hashlib.sha256(canonical).hexdigest()
-            try:
-                verify_personal_sign(canonical, intent.signature, intent.address, label="per-call signature")
-            except SignatureError as exc:
-                raise Refusal(exc.reason, str(exc)) from None
             wallet = caller.wallet_address
-            if not wallet or intent.address.lower() != wallet.lower():
-                raise Refusal("wallet_mismatch", "auth.address is not the wallet bound to this session")
             try:
-                issued = parse_issued_at(intent.issued_at)
-            except ValueError as exc:
-                raise Refusal("bad_request", str(exc)) from None
-            skew = abs(self.clock() - issued.timestamp())
-            if skew > self.max_skew_s:
-                raise Refusal("stale_request", f"issued_at is more than {self.max_skew_s} s from now")
-            if intent.aud is not None and intent.aud != self.audience:
-                raise Refusal("audience_mismatch", f"aud must be this broker's issuer {self.audience}")
+                try:
+                    verify_personal_sign(canonical, intent.signature, intent.address, label="per-call signature")
+                except SignatureError as exc:
+                    raise Refusal(exc.reason, str(exc)) from None
+                if not wallet or intent.address.lower() != wallet.lower():
+                    raise Refusal("wallet_mismatch", "auth.address is not the wallet bound to this session")
+                # a signature the wallet made, but not for this request now: an old body replayed by
+                # whoever holds the session, another broker's body, a spent request id
+                try:
+                    issued = parse_issued_at(intent.issued_at)
+                except ValueError as exc:
+                    raise Refusal("bad_request", str(exc)) from None
+                skew = abs(self.clock() - issued.timestamp())
+                if skew > self.max_skew_s:
+                    raise Refusal("stale_request", f"issued_at is more than {self.max_skew_s} s from now")
+                if intent.aud is not None and intent.aud != self.audience:
+                    raise Refusal("audience_mismatch", f"aud must be this broker's issuer {self.audience}")
+                if self.ledger.load(MintRequest, MintRequest.stream_for(ctx.wallet, intent.request_id)).version > 0:
+                    raise Refusal("request_replayed", "request_id already used")
+            except Refusal as refusal:
+                self._check_bad_signature_limits(client, (wallet or intent.address).lower())
+                raise refusal from None
+            self._check_rate(ctx)  # only now: the wallet's key signed this request, for this broker, now
             await self._check_anchors_ready()
             return await self._admit_and_release(ctx, digest, audit_id=f"aud_{int(issued.timestamp())}_{digest[:16]}")
 
@@ -266,6 +300,10 @@ class MintService:
             raise Refusal("bad_request", "intent.agent_id must be 1-128 characters")
         if not intent.service or len(intent.service) > 64:
             raise Refusal("bad_request", "intent.service must be 1-64 characters")
+        try:
+            normalize_address(intent.address)  # 0x + 40 hex; mixed case must carry a valid EIP-55 checksum
+        except ValueError as exc:
+            raise Refusal("bad_request", f"auth.address: {exc}"[:300]) from None
         return MintIntent(request_id=intent.request_id, issued_at=intent.issued_at, agent_id=intent.agent_id,
                           service=intent.service, scope_path=normalize_scope(intent.scope_path, intent.service),
                           address=intent.address, signature=intent.signature, aud=intent.aud)
@@ -277,6 +315,12 @@ class MintService:
             yield
         except (Withheld, Unreleased, Unrecorded):
             raise  # an outcome, not a denial: `MintWithheld` / `MintUnreleased` is (or will be) recorded
+        except RateLimited as refusal:
+            if refusal.recorded:  # the first of its window: one `MintDenied{rate_limited}`
+                await self._deny(ctx, refusal)
+            else:  # later ones are only counted (design §8)
+                self.unrecorded.mint("rate_limited")
+            raise
         except Refusal as refusal:
             if refusal.reason == "contended":
                 raise  # lost ten races in a row: nothing was decided about this request; retry
@@ -299,8 +343,23 @@ class MintService:
     def _check_rate(self, ctx: _Ctx) -> None:
         decision = self.mint_limiter.check(ctx.omni_account)
         if not decision.allowed:
-            raise Refusal("rate_limited", "too many mints for this account",
-                          retry_after=decision.retry_after_seconds)
+            raise RateLimited("too many mints for this account", decision)
+
+    def _check_bad_signature_limits(self, client: str, wallet: str) -> None:
+        """Count one failed signature against the client IP and the wallet (each check counts and
+        decides atomically); beyond either limit this failed request is `rate_limited`. Called only
+        for requests whose signature failed or was not valid for this request (stale, another
+        audience, a spent request id): a validly signed fresh mint never reaches it."""
+        refused: tuple[str, RateDecision] | None = None
+        for limiter, key, what in ((self.bad_signature_ip_limiter, f"ip:{client}", "from this address"),
+                                   (self.bad_signature_wallet_limiter, f"wallet:{wallet}", "for this wallet")):
+            if limiter is None:
+                continue
+            decision = limiter.check(key)
+            if not decision.allowed and (refused is None or decision.first_refusal):
+                refused = (f"too many mint requests with a failed signature {what}", decision)
+        if refused is not None:
+            raise RateLimited(*refused)
 
     async def _check_anchors_ready(self) -> None:
         # The port may answer from cached background probes or probe (bounded) itself: either

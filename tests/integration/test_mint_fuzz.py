@@ -127,6 +127,9 @@ def live(tmp_path_factory: pytest.TempPathFactory, moto_server: MotoServer) -> I
         BROKER_RATE_LIMIT_MINTS_PER_HOUR_PER_OMNI="1000000",
         BROKER_RATE_LIMIT_CHALLENGES_PER_HOUR_PER_IP="1000000",
         BROKER_RATE_LIMIT_FAILED_VERIFIES_PER_HOUR_PER_IP="1000000",
+        # the fuzz sends thousands of bad signatures: the limits on them have their own tests
+        BROKER_RATE_LIMIT_BAD_SIGNATURES_PER_HOUR_PER_IP="1000000",
+        BROKER_RATE_LIMIT_BAD_SIGNATURES_PER_HOUR_PER_WALLET="1000000",
         BROKER_REQUEST_BODY_LIMIT_BYTES=str(BODY_LIMIT),
     )
     config = BrokerConfig.from_env(env)

@@ -85,15 +85,17 @@ def test_peek_does_not_count() -> None:
     assert rl.peek("k").allowed
 
 
-def test_failed_verification_pattern_peek_then_hit_on_failure() -> None:
+def test_failed_verification_pattern_reserve_then_refund_on_success() -> None:
     rl = RateLimiter(3, 3600, clock=FakeClock(0))
     admitted = 0
-    for _ in range(10):  # every attempt fails
-        if not rl.peek("verify:ip").allowed:
+    for i in range(10):  # every other attempt succeeds and gives its slot back
+        d = rl.check("verify:ip")
+        if not d.allowed:
             continue
         admitted += 1
-        rl.hit("verify:ip")
-    assert admitted == 3
+        if i % 2:
+            rl.refund("verify:ip", d)
+    assert admitted == 5  # three failures and the two successes admitted before the third failure
 
 
 def test_invalid_configuration_is_refused() -> None:
@@ -171,3 +173,54 @@ def test_concurrent_threads_with_eviction_stay_bounded() -> None:
     for t in threads:
         t.join()
     assert len(rl) == 64
+
+
+def test_exactly_one_first_refusal_per_key_and_window() -> None:
+    """The refusal a caller records once per window (design §8): the limit+1-th attempt only."""
+    clock = FakeClock(0)
+    rl = RateLimiter(2, 60, clock=clock)
+    decisions = [rl.check("acct") for _ in range(6)]
+    assert [d.first_refusal for d in decisions] == [False, False, True, False, False, False]
+    clock.now = 60  # a new window: a new first refusal
+    decisions = [rl.check("acct") for _ in range(4)]
+    assert [d.first_refusal for d in decisions] == [False, False, True, False]
+
+
+def test_refund_gives_an_allowed_attempt_back_in_its_window_only() -> None:
+    clock = FakeClock(0)
+    rl = RateLimiter(1, 60, clock=clock)
+    d = rl.check("ip")
+    rl.refund("ip", d)
+    assert rl.check("ip").allowed  # the refunded slot is free again
+    refused = rl.check("ip")
+    assert not refused.allowed
+    rl.refund("ip", refused)  # a refused attempt holds no slot: nothing to give back
+    assert not rl.check("ip").allowed
+    old = rl.peek("ip")
+    clock.now = 61
+    fresh = rl.check("ip")
+    rl.refund("ip", Decision(True, 0, 0, window=0))  # a past window's refund does not touch the new one
+    assert fresh.allowed and not rl.check("ip").allowed and not old.allowed
+
+
+def test_parallel_reservations_never_pass_a_failure_limit() -> None:
+    """The failed-sign-in pattern: reserve with `check` before the work, refund on success. With
+    every attempt failing, at most `limit` of many parallel attempts pass."""
+    rl = RateLimiter(30, 3600)
+    passed = 0
+    lock = threading.Lock()
+    barrier = threading.Barrier(50)
+
+    def attempt() -> None:
+        nonlocal passed
+        barrier.wait()
+        if rl.check("ip").allowed:
+            with lock:
+                passed += 1
+
+    threads = [threading.Thread(target=attempt) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert passed == 30
