@@ -18,7 +18,7 @@ from .readiness import evaluate
 from .routes.audit import audit_record
 from .routes.auth_exchange import auth_exchange
 from .routes.auth_wallet import wallet_start, wallet_verify
-from .routes.grants import grant_create, grant_list, grant_revoke
+from .routes.grants import daemon_release, grant_create, grant_list, grant_revoke
 from .routes.mint import mint_aws_creds
 from .runtime import Services
 from .schemas import AnchorPosition, AuditHead, ErrorBody, ReadinessBody
@@ -81,7 +81,7 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
 
     return Litestar(
         route_handlers=[healthz, readyz, audit_head, wallet_start, wallet_verify, grant_create, grant_revoke,
-                        grant_list, mint_aws_creds, auth_exchange, audit_record],
+                        daemon_release, grant_list, mint_aws_creds, auth_exchange, audit_record],
         request_max_body_size=services.config.body_limit_bytes,
         state=State({"services": services}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
