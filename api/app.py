@@ -22,7 +22,7 @@ from .routes.audit import audit_record
 from .routes.auth_exchange import auth_exchange
 from .routes.auth_session import session_revoke_route
 from .routes.auth_wallet import wallet_start, wallet_verify
-from .routes.grants import grant_create, grant_list, grant_revoke
+from .routes.grants import daemon_release, grant_create, grant_list, grant_revoke
 from .routes.mint import mint_aws_creds
 from .routes.operator import ROUTES as OPERATOR_ROUTES
 from .routes.operator_page import ROUTES as OPERATOR_PAGE_ROUTES
@@ -90,7 +90,7 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
 
     app = Litestar(
         route_handlers=[healthz, readyz, audit_head, wallet_start, wallet_verify, grant_create, grant_revoke,
-                        grant_list, mint_aws_creds, auth_exchange, audit_record, session_revoke_route, *OPERATOR_ROUTES,
+                        daemon_release, grant_list, mint_aws_creds, auth_exchange, audit_record, session_revoke_route, *OPERATOR_ROUTES,
                         *OPERATOR_PAGE_ROUTES],
         request_max_body_size=services.config.body_limit_bytes,
         middleware=[DefineMiddleware(BodyTimeoutMiddleware, timeout_s=services.config.body_timeout_s)],

@@ -54,6 +54,7 @@ REFUSALS: dict[str, tuple[str, bool]] = {
     "chain_id_not_allowed": ("bad_request", True),
     "stale_request": ("bad_request", True),
     "audience_mismatch": ("bad_request", True),
+    "invalid_agent_id": ("bad_request", True),
     "signature_not_hex": ("bad_request", True),
     "signature_length": ("bad_request", True),
     "signature_v": ("bad_request", True),
@@ -86,6 +87,8 @@ REFUSALS: dict[str, tuple[str, bool]] = {
     "grant_expired": ("forbidden", True),
     "grant_exhausted": ("forbidden", True),
     "scope_not_granted": ("forbidden", True),
+    "agent_not_granted": ("forbidden", True),
+    "daemon_bound_elsewhere": ("forbidden", True),
     # 404: absent and not-yours are one answer
     "not_found": ("not_found", False),
     "case_not_found": ("not_found", True),

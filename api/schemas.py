@@ -87,6 +87,20 @@ class GrantCreateRequest(msgspec.Struct):
     scope_path: str
     expires_at: int
     max_uses: int
+    agent_id: str | None = None  # pin: the daemon may mint only as this exact agent_id
+    agent_id_prefix: str | None = None  # pin: ... only as an agent_id starting with this (exclusive with agent_id)
+
+
+class DaemonReleaseRequest(msgspec.Struct):
+    """End a daemon's binding: called by the daemon itself (releases every master's live grants
+    naming it) or by its master (releases that master's)."""
+
+    daemon_address: str
+
+
+class DaemonReleaseResponse(msgspec.Struct):
+    daemon_address: str
+    revoked_grants: list[str]
 
 
 class GrantCreateResponse(msgspec.Struct):
@@ -115,6 +129,8 @@ class GrantView(msgspec.Struct):
     used_count: int
     revoked_at: int | None
     audit_proof: str
+    agent_id: str | None = None
+    agent_id_prefix: str | None = None
 
 
 class GrantListResponse(msgspec.Struct):

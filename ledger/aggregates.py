@@ -256,6 +256,13 @@ class Grant(Aggregate):
             raise GrantRefused("not_owner", "grant not found, not yours, or already revoked")
         return [GrantRevoked(grant_id=self.created.grant_id, revoked_at=now_unix, by_omni_account=by_omni_account)]
 
+    def release(self, *, now_unix: int, by_omni_account: str) -> list[Event]:
+        """Revoked as part of a daemon release (by the daemon or its master; the caller checked
+        who may): refused only when the grant is no longer live."""
+        if self.created is None or self.revoked_at is not None or now_unix >= self.created.expires_at:
+            raise GrantRefused("not_owner", "grant not found, already revoked or expired")
+        return [GrantRevoked(grant_id=self.created.grant_id, revoked_at=now_unix, by_omni_account=by_omni_account)]
+
 
 class MintRequest(Aggregate):
     """One mint request (stream key `wallet:request_id`): admitted once (`MintRequested` at

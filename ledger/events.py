@@ -221,6 +221,10 @@ class GrantCreated(Event, frozen=True, kw_only=True):
     expires_at: int
     max_uses: int
     audit_proof: str
+    # added by the access model (issue 10): an optional pin on the STS `agent_id` of its mints
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("agent_id", "agent_id_prefix")
+    agent_id: str | None = None
+    agent_id_prefix: str | None = None
 
 
 class GrantUsed(Event, frozen=True, kw_only=True):
@@ -241,6 +245,16 @@ class GrantRevoked(Event, frozen=True, kw_only=True):
     by_omni_account: str
 
 
+class DaemonReleased(Event, frozen=True, kw_only=True):
+    """A daemon's binding to its master ended (`POST /v1/daemon/release`, by the master or by the
+    daemon itself): that master's live grants naming the daemon were revoked in the same append, so
+    another master may now grant it. `by` is the caller's OmniAccount."""
+
+    daemon_address: str
+    master_omni_account: str
+    by: str
+
+
 # --- Mints ------------------------------------------------------------------------------------
 
 MintDenialReason = Literal[
@@ -258,6 +272,7 @@ MintDenialReason = Literal[
     "bad_request",
     "anchor_unready",  # a required anchor was unready: refused before any work (design §8)
     "audience_mismatch",
+    "agent_not_granted",  # the grant pins another agent_id (issue 10)
 ]
 
 
@@ -296,6 +311,9 @@ class MintAuthorized(Event, frozen=True, kw_only=True):
     access_key_id: str
     expiration: int
     policy_sha256: str | None = None
+    # added by the access model (issue 10): the master of the grant used, who may read this record
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("grant_master_omni_account",)
+    grant_master_omni_account: str | None = None
 
 
 class MintDenied(Event, frozen=True, kw_only=True):

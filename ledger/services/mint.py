@@ -8,15 +8,16 @@ resource, and the ledger record naming all four (`MintAuthorized`) has been conf
 anchor the policy requires.
 
 Order of work (the first refusal wins; nothing after it runs):
- 0. fields: request_id, agent_id, service, scope_path well-formed (a request that does not parse
-    names no request: refused, not recorded)
+ 0. fields: request_id, agent_id (`invalid_agent_id`), service, scope_path well-formed (a request
+    that does not parse names no request: refused, not recorded)
  1. per-OmniAccount rate limit (`rate_limited`, with `retry_after`)
  2. per-call signature over the canonical body (`signature_*`, `address_mismatch`); signer ==
     `auth.address` == the session's wallet (`wallet_mismatch`); `issued_at` fresh (`stale_request`)
  3. every required anchor ready (`anchor_unready`): refused before any work (before STS), from
     the injected `AnchorReadiness` port, called in a worker thread (never on the event loop)
- 4. grant: the daemon's active grant for the service whose scope prefix covers the request,
-    decided on the `Grant` aggregate (`no_grant`, `grant_*`, `scope_not_granted`)
+ 4. grant: the daemon's active grant for the service whose scope prefix covers the request and
+    whose `agent_id` pin (if any) allows the request's agent, decided on the `Grant` aggregate
+    (`no_grant`, `grant_*`, `scope_not_granted`, `agent_not_granted`)
  5. admission: one atomic append of `GrantUsed` + `MintRequested` (stream `wallet:request_id`), so
     the request id is spent and the grant use consumed together (`request_replayed`)
  6. STS AssumeRole (`sts_error`, `invalid_scope`): only now, so refused requests never reach STS
@@ -50,7 +51,7 @@ from ..ports import AnchorReadiness, AssumeRoleRequest, Clock, CredentialMinter,
 from ..scopes import ScopeError
 from ..signatures import SignatureError, verify_personal_sign
 from .caller import Caller
-from .grants import normalize_scope, scope_covers
+from .grants import AGENT_ID, agent_allowed, normalize_scope, scope_covers
 from .refusals import Refusal
 from .release import ReleasePath, Withheld, WithheldAppend
 
@@ -220,8 +221,8 @@ class MintService:
     def _validated(self, intent: MintIntent) -> MintIntent:
         if not 1 <= len(intent.request_id) <= 128 or not intent.request_id.isprintable():
             raise Refusal("bad_request", "request_id must be 1-128 printable characters")
-        if not intent.agent_id or len(intent.agent_id) > 128:
-            raise Refusal("bad_request", "intent.agent_id must be 1-128 characters")
+        if not isinstance(intent.agent_id, str) or not AGENT_ID.fullmatch(intent.agent_id):
+            raise Refusal("invalid_agent_id", "intent.agent_id must be 1-64 characters of [A-Za-z0-9._:-]")
         if not intent.service or len(intent.service) > 64:
             raise Refusal("bad_request", "intent.service must be 1-64 characters")
         return MintIntent(request_id=intent.request_id, issued_at=intent.issued_at, agent_id=intent.agent_id,
@@ -295,6 +296,7 @@ class MintService:
             grant_id=requested.grant_id, role_arn=creds.role_arn, sts_session_name=creds.session_name,
             access_key_id=creds.access_key_id, expiration=creds.expiration,
             policy_sha256=hashlib.sha256(creds.policy_json.encode()).hexdigest() if creds.policy_json else None,
+            grant_master_omni_account=grant.master_omni_account if grant else None,
         )
         stream = MintRequest.stream_for(ctx.wallet, intent.request_id)
 
@@ -362,8 +364,12 @@ class MintService:
             try:
                 created = agg.check_usable(now)
             except GrantRefused as exc:
-                if refusal is None or refusal[0] == "scope_not_granted":
+                if refusal is None or refusal[0] in ("scope_not_granted", "agent_not_granted"):
                     refusal = (exc.reason, str(exc))
+                continue
+            if not agent_allowed(created, intent.agent_id):
+                if refusal is None or refusal[0] == "scope_not_granted":
+                    refusal = ("agent_not_granted", "the grant does not allow this agent_id")
                 continue
             return agg, created
         if refusal is not None:
