@@ -55,6 +55,7 @@ REFUSALS: dict[str, tuple[str, bool]] = {
     "stale_request": ("bad_request", True),
     "audience_mismatch": ("bad_request", True),
     "invalid_agent_id": ("bad_request", True),
+    "unknown_service": ("bad_request", True),
     "signature_not_hex": ("bad_request", True),
     "signature_length": ("bad_request", True),
     "signature_v": ("bad_request", True),
@@ -89,6 +90,8 @@ REFUSALS: dict[str, tuple[str, bool]] = {
     "scope_not_granted": ("forbidden", True),
     "agent_not_granted": ("forbidden", True),
     "daemon_bound_elsewhere": ("forbidden", True),
+    "scope_not_owned": ("forbidden", True),
+    "not_enrolled": ("forbidden", True),
     # 404: absent and not-yours are one answer
     "not_found": ("not_found", False),
     "case_not_found": ("not_found", True),

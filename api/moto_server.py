@@ -272,6 +272,7 @@ def dev_broker_env(info: Mapping[str, Any]) -> dict[str, str]:
         "BROKER_STS_ENDPOINT_URL": str(info["sts_endpoint"]),
         "BROKER_IAM_ENDPOINT_URL": str(info["sts_endpoint"]),  # one moto server serves every service
         "BROKER_DATA_ROLE_ARN": str(info["role_arn"]),
+        "BROKER_S3_BUCKETS": str(info["bucket"]),
         "BROKER_AWS_REGION": str(info["region"]),
         "DAEMON_ACCESS_KEY_ID": DEV_ACCESS_KEY_ID,
         "DAEMON_SECRET_ACCESS_KEY": DEV_SECRET_ACCESS_KEY,

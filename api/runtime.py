@@ -24,6 +24,7 @@ from ledger.config import LedgerConfig
 from ledger.gate import ReleaseGate
 from ledger.ports import Anchor, AnchorReadiness, Clock, CredentialMinter, IdentityBackend, Readiness, StsError
 from ledger.services.grants import GrantService
+from ledger.services.access import Access, ledger_roots
 from ledger.services.legacy import LegacyService
 from ledger.services.mint import MintService
 from ledger.services.refusals import Refusal
@@ -229,14 +230,17 @@ class Services:
                                        uri=config.issuer, chain_ids=config.siwe_chain_ids, clock=now)
             minter = minter if minter is not None else BotoStsMinter(config.sts)
             grant_reads = GrantReadModel(runner)
+            access = Access(catalogue=config.access.catalogue, tenancy=config.access.tenancy,
+                            roots_of=ledger_roots(ledger), legacy_service=config.access.legacy_service)
             grants = GrantService(ledger=ledger, grants=grant_reads, proof_signer=JwsGrantProofSigner(session_keys),
-                                  clock=now)
+                                  access=access, clock=now)
             mint = MintService(
                 ledger=ledger, grants=grant_reads, minter=minter, release=release,
                 anchor_ready=anchor_ready or probed_anchor_readiness(probes, cached_anchor_readiness(opened)),
                 grants_required=config.grants_required, max_skew_s=config.mint_max_skew_s,
                 duration_s=config.sts.duration_seconds,
-                mint_limiter=RateLimiter(config.mints_per_hour_per_omni, HOUR), audience=config.issuer, clock=now,
+                mint_limiter=RateLimiter(config.mints_per_hour_per_omni, HOUR), access=access, audience=config.issuer,
+                clock=now,
             )
             services = cls(
                 minter=minter, grants=grants, mint=mint, release=release,
@@ -250,7 +254,8 @@ class Services:
             if config.legacy_bearer and config.backend_url:
                 services.legacy = LegacyService(
                     backend=legacy_backend or LegacyBackend(config.backend_url, config.backend_timeout_s),
-                    ledger=ledger, issuer=issuer, release=release, mint_service=mint)
+                    ledger=ledger, issuer=issuer, release=release, mint_service=mint,
+                    service_name=config.access.legacy_service)
             from .operator import OperatorSurface
 
             services.operator = OperatorSurface.build(services)

@@ -255,6 +255,26 @@ class DaemonReleased(Event, frozen=True, kw_only=True):
     by: str
 
 
+class MasterRootAssigned(Event, frozen=True, kw_only=True):
+    """An operator assigned a root to a master (`agentkeys-broker masters assign`, design §3a): in
+    `assigned` tenancy the master may grant and mint scopes under `root` of `service`; for services
+    of scope `none`/`oidc` (root `""`) it may grant the service at all."""
+
+    omni_account: str
+    service: str
+    root: str
+    operator: str
+
+
+class MasterRootRevoked(Event, frozen=True, kw_only=True):
+    """An operator took a root back (`masters revoke`): the next mint under it is refused."""
+
+    omni_account: str
+    service: str
+    root: str
+    operator: str
+
+
 # --- Mints ------------------------------------------------------------------------------------
 
 MintDenialReason = Literal[
@@ -273,6 +293,8 @@ MintDenialReason = Literal[
     "anchor_unready",  # a required anchor was unready: refused before any work (design §8)
     "audience_mismatch",
     "agent_not_granted",  # the grant pins another agent_id (issue 10)
+    "scope_not_owned",  # the grant's master no longer owns the scope (issue 10)
+    "not_enrolled",  # the master has no root for the service (assigned tenancy, scope none/oidc)
 ]
 
 

@@ -1,7 +1,8 @@
 """Capability grants (seed-spec §B.10, design §2): a master wallet lets a daemon address mint
 credentials for one service under a scope path prefix, until an expiry, at most N times.
 
-create: one atomic append binds the daemon (`WalletBound`, role `daemon`, parent = the master, in
+create: the service must be in the catalogue (`unknown_service`) and the scope inside a root the
+        master owns (`not_enrolled`, `scope_not_owned`; `access.py`); then one atomic append binds the daemon (`WalletBound`, role `daemon`, parent = the master, in
         the master's OmniAccount) and writes `GrantCreated` with its signed `audit_proof`. A daemon
         belongs to one master at a time (design §3a): while another master holds a live
         (unexpired, unrevoked) grant naming it, a grant is refused `daemon_bound_elsewhere`. A grant
@@ -29,12 +30,10 @@ from ..errors import ConcurrencyConflict
 from ..events import DaemonReleased, Event, GrantCreated
 from ..identity import normalize_address
 from ..ports import Clock, GrantLookup, GrantProofSigner
-from ..scopes import ScopeError, parse_scope
+from .access import Access
 from .caller import Caller
 from .refusals import Refusal
 
-MAX_SERVICE_LEN = 64
-MAX_SCOPE_LEN = 512
 MAX_USES_LIMIT = 1_000_000
 MAX_GRANT_SECONDS = 366 * 24 * 3600
 AGENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # design §3a: the STS session tag `agent_id`
@@ -61,35 +60,15 @@ def grant_content(event: GrantCreated) -> dict[str, Any]:
     return {k: v for k, v in event.to_data().items() if k != "audit_proof"}
 
 
-def validate_service(service: str) -> str:
-    if not service or len(service) > MAX_SERVICE_LEN or not all(c.isalnum() or c in "-_." for c in service):
-        raise Refusal("bad_request", "service must be 1-64 characters of [A-Za-z0-9-_.]")
-    return service
-
-
-def normalize_scope(scope_path: str, service: str) -> str:
-    """The canonical form of a scope path, `<bucket>/<prefix>/` (prefix empty or ending in `/`),
-    so that prefix matching is by path segment: a grant for `b/agents/a1` covers `b/agents/a1/x`
-    but never `b/agents/a10/`. Services other than `s3` may leave the scope empty (whole service).
-    Bad scopes (wildcards, `..`, control characters, bad bucket names) are refused (`invalid_scope`)."""
-    if scope_path == "" and service != "s3":
-        return ""
-    if len(scope_path) > MAX_SCOPE_LEN:
-        raise Refusal("bad_request", f"scope_path longer than {MAX_SCOPE_LEN} characters")
-    try:
-        return parse_scope(scope_path, service).scope_path
-    except ScopeError as exc:
-        raise Refusal("invalid_scope", exc.message) from None
-
-
 def scope_covers(granted: str, requested: str) -> bool:
     """Both normalized. An empty grant scope covers the whole service."""
     return granted == "" or requested.startswith(granted)
 
 
 class GrantService:
-    def __init__(self, *, ledger: Ledger, grants: GrantLookup, proof_signer: GrantProofSigner,
+    def __init__(self, *, ledger: Ledger, grants: GrantLookup, proof_signer: GrantProofSigner, access: Access,
                  clock: Clock = time.time) -> None:
+        self.access = access
         self.ledger = ledger
         self.grants = grants
         self.proof_signer = proof_signer
@@ -120,9 +99,10 @@ class GrantService:
             validate_agent_id(agent_id)
         if agent_id_prefix is not None:
             validate_agent_id(agent_id_prefix, "agent_id_prefix")
-        service = validate_service(service)
-        scope_path = normalize_scope(scope_path, service)
+        svc = self.access.service(service)  # 400 unknown_service: exact catalogue names only
+        scope_path = self.access.scope(svc, scope_path)
         omni = caller.omni_account
+        self.access.check_owned(omni, svc, scope_path)  # 403 not_enrolled / scope_not_owned
         if any(row.master_omni_account != omni for row in self.grants.live_for_daemon(daemon, now)):
             raise Refusal("daemon_bound_elsewhere", "this daemon is bound to another master (it may release "
                           "itself: POST /v1/daemon/release)")

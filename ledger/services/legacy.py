@@ -34,7 +34,7 @@ def token_sha256(token: str) -> str:
 
 class LegacyService:
     def __init__(self, *, backend: IdentityBackend, ledger: Ledger, issuer: SessionIssuer, release: ReleasePath,
-                 mint_service: MintService, service_name: str = "aws") -> None:
+                 mint_service: MintService, service_name: str | None = None) -> None:
         self.backend = backend
         self.ledger = ledger
         self.issuer = issuer
@@ -52,6 +52,9 @@ class LegacyService:
             raise
 
     async def mint(self, token: str) -> MintResult:
+        if self.service_name is None:  # BROKER_LEGACY_SERVICE unset (design §8 "Access wire")
+            raise Refusal("not_enrolled", "the legacy path mints no service on this broker (BROKER_LEGACY_SERVICE "
+                          "is unset); use signed v2 mints")
         wallet = await self._validated(token, f"legacy-mint-{uuid.uuid4().hex}")
         return await self.mint_service.mint_legacy(wallet=wallet, token_sha256=token_sha256(token),
                                                    service=self.service_name)

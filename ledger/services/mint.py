@@ -8,7 +8,8 @@ resource, and the ledger record naming all four (`MintAuthorized`) has been conf
 anchor the policy requires.
 
 Order of work (the first refusal wins; nothing after it runs):
- 0. fields: request_id, agent_id (`invalid_agent_id`), service, scope_path well-formed (a request
+ 0. fields: request_id, agent_id (`invalid_agent_id`), service in the catalogue
+    (`unknown_service`), scope_path well-formed for its service (a request
     that does not parse names no request: refused, not recorded)
  1. per-OmniAccount rate limit (`rate_limited`, with `retry_after`)
  2. per-call signature over the canonical body (`signature_*`, `address_mismatch`); signer ==
@@ -17,7 +18,9 @@ Order of work (the first refusal wins; nothing after it runs):
     the injected `AnchorReadiness` port, called in a worker thread (never on the event loop)
  4. grant: the daemon's active grant for the service whose scope prefix covers the request and
     whose `agent_id` pin (if any) allows the request's agent, decided on the `Grant` aggregate
-    (`no_grant`, `grant_*`, `scope_not_granted`, `agent_not_granted`)
+    (`no_grant`, `grant_*`, `scope_not_granted`, `agent_not_granted`); then the grant's master must
+    still own the scope (`not_enrolled`, `scope_not_owned`: re-checked at every mint, `access.py`);
+    a self-mint (grants not required) must be inside the caller's own roots
  5. admission: one atomic append of `GrantUsed` + `MintRequested` (stream `wallet:request_id`), so
     the request id is spent and the grant use consumed together (`request_replayed`)
  6. STS AssumeRole (`sts_error`, `invalid_scope`): only now, so refused requests never reach STS
@@ -51,7 +54,8 @@ from ..ports import AnchorReadiness, AssumeRoleRequest, Clock, CredentialMinter,
 from ..scopes import ScopeError
 from ..signatures import SignatureError, verify_personal_sign
 from .caller import Caller
-from .grants import AGENT_ID, agent_allowed, normalize_scope, scope_covers
+from .access import Access
+from .grants import AGENT_ID, agent_allowed, scope_covers
 from .refusals import Refusal
 from .release import ReleasePath, Withheld, WithheldAppend
 
@@ -153,6 +157,7 @@ class MintService:
         max_skew_s: int,
         duration_s: int,
         mint_limiter: RateLimit,
+        access: Access,
         audience: str | None = None,
         clock: Clock = time.time,
     ) -> None:
@@ -165,6 +170,7 @@ class MintService:
         self.max_skew_s = max_skew_s
         self.duration_s = duration_s
         self.mint_limiter = mint_limiter
+        self.access = access
         self.audience = audience.rstrip("/") if audience else None
         self.clock = clock
 
@@ -209,6 +215,9 @@ class MintService:
                             agent_id="legacy", service=service, scope_path="", address=wallet, signature="")
         ctx = _Ctx(omni_account=evm_omni_account(wallet), identity_type="legacy_bearer",
                    identity_value=token_sha256, session_jti="", intent=intent, wallet=wallet.lower())
+        svc = self.access.service(service)
+        if svc.namespaced:  # the config check makes this impossible; refuse rather than mint unscoped
+            raise Refusal("not_enrolled", f"the legacy path mints services of scope none, not {svc.name!r}")
         async with self._recorded(ctx):
             self._check_rate(ctx)
             await self._check_anchors_ready()
@@ -223,10 +232,9 @@ class MintService:
             raise Refusal("bad_request", "request_id must be 1-128 printable characters")
         if not isinstance(intent.agent_id, str) or not AGENT_ID.fullmatch(intent.agent_id):
             raise Refusal("invalid_agent_id", "intent.agent_id must be 1-64 characters of [A-Za-z0-9._:-]")
-        if not intent.service or len(intent.service) > 64:
-            raise Refusal("bad_request", "intent.service must be 1-64 characters")
+        svc = self.access.service(intent.service)  # 400 unknown_service: never reaches STS
         return MintIntent(request_id=intent.request_id, issued_at=intent.issued_at, agent_id=intent.agent_id,
-                          service=intent.service, scope_path=normalize_scope(intent.scope_path, intent.service),
+                          service=svc.name, scope_path=self.access.scope(svc, intent.scope_path),
                           address=intent.address, signature=intent.signature, aud=intent.aud)
 
     @asynccontextmanager
@@ -371,9 +379,17 @@ class MintService:
                 if refusal is None or refusal[0] == "scope_not_granted":
                     refusal = ("agent_not_granted", "the grant does not allow this agent_id")
                 continue
+            # ownership is re-checked at every mint: a root revoked after the grant refuses now
+            try:
+                self.access.check_owned(created.master_omni_account, self.access.service(intent.service),
+                                        intent.scope_path)
+            except Refusal as exc:
+                raise MintRefused(exc.reason, exc.message, grant_id=created.grant_id) from None
             return agg, created
         if refusal is not None:
             raise Refusal(*refusal)
         if self.grants_required:
             raise Refusal("no_grant", "no active grant for this wallet and service")
+        # a self-mint (BROKER_GRANTS_REQUIRED=false) stays inside the caller's own roots
+        self.access.check_owned(ctx.omni_account, self.access.service(intent.service), intent.scope_path)
         return None, None

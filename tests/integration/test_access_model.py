@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.integration.test_mint import Broker, assert_no_credentials, auth, build_services
-from tests.support import LiveServer, Wallet, broker_env, signed_mint_body
+from tests.support import LiveServer, Wallet, broker_env, ns, remember_master, signed_mint_body
 from tests.support_moto import sts_env
 
 
@@ -31,13 +31,16 @@ def broker(tmp_path: Path, dev_aws):
         b.client.close()
 
 
-def grant_body(daemon: Wallet, **kw) -> dict:  # noqa: ANN003
-    return {"daemon_address": daemon.address, "service": "s3", "scope_path": "agentkeys-dev/agents/a1/",
+def grant_body(daemon: Wallet, master_jwt: str, **kw) -> dict:  # noqa: ANN003
+    return {"daemon_address": daemon.address, "service": "s3", "scope_path": ns(master_jwt),
             "expires_at": int(time.time()) + 3600, "max_uses": 10, **kw}
 
 
 def create_grant(b: Broker, jwt: str, daemon: Wallet, **kw) -> httpx.Response:  # noqa: ANN003
-    return b.client.post("/v1/grant/create", json=grant_body(daemon, **kw), headers=auth(jwt))
+    r = b.client.post("/v1/grant/create", json=grant_body(daemon, jwt, **kw), headers=auth(jwt))
+    if r.status_code == 200:
+        remember_master(daemon.address, jwt)
+    return r
 
 
 def release(b: Broker, jwt: str, daemon: Wallet) -> httpx.Response:

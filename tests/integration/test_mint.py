@@ -19,7 +19,7 @@ from api.keys import generate_keyfile, load_keyring
 from api.runtime import Services
 from ledger.anchoring import default_waiter
 from ledger.gate import ReleaseGate
-from tests.support import LiveServer, Wallet, broker_env, sign_in, signed_mint_body
+from tests.support import LiveServer, Wallet, broker_env, ns, remember_master, sign_in, signed_mint_body
 from tests.support_moto import sts_env
 
 CRED_FIELDS = ("access_key_id", "secret_access_key", "session_token")
@@ -53,10 +53,11 @@ class Broker:
         return sign_in(self.client, wallet)["session_jwt"]
 
     def grant(self, master_jwt: str, daemon: Wallet, **kw) -> dict:  # noqa: ANN003
-        body = {"daemon_address": daemon.address, "service": "s3", "scope_path": "agentkeys-dev/agents/a1/",
+        body = {"daemon_address": daemon.address, "service": "s3", "scope_path": ns(master_jwt),
                 "expires_at": int(time.time()) + 3600, "max_uses": 10, **kw}
         r = self.client.post("/v1/grant/create", json=body, headers=auth(master_jwt))
         assert r.status_code == 200, r.text
+        remember_master(daemon.address, master_jwt)
         return r.json()
 
     def mint(self, jwt: str, body: dict | bytes, headers: dict | None = None) -> httpx.Response:
