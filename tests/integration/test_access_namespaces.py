@@ -221,3 +221,43 @@ def test_assigned_tenancy_revoked_root_refuses_the_next_mint_before_sts(tmp_path
                                "operator": "cli:test@host"}
         assert len(b.events("MasterRootRevoked")) == 2
         b.client.close()
+
+
+# --- the operator's command ------------------------------------------------------------------------
+
+def test_masters_cli_assign_list_revoke_against_a_running_broker(tmp_path: Path, dev_aws) -> None:
+    import os
+    import subprocess
+
+    from tests.conftest import cli_path
+
+    env = broker_env(tmp_path, **sts_env(dev_aws), BROKER_TENANCY="assigned")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([cli_path(), "masters", *args], env={**os.environ, **env}, capture_output=True,
+                              text=True, timeout=120)
+
+    with start(tmp_path, dev_aws, BROKER_TENANCY="assigned") as server:
+        b = Broker(server)
+        master, daemon = Wallet(), Wallet()
+        jwt = b.session(master)
+        omni = omni_of(master)
+        refused(grant(b, jwt, daemon, scope_path="agentkeys-dev/team-a/"), 403, "not_enrolled")
+        done = cli("assign", "--omni-account", omni, "--service", "s3", "--root", "agentkeys-dev/team-a",
+                   "--operator", "alice")
+        assert done.returncode == 0, done.stderr
+        assert cli("assign", "--omni-account", omni, "--service", "s3", "--root", "agentkeys-dev/team-a/").returncode == 1
+        for bad in (["--service", "S3", "--root", "agentkeys-dev/x/"], ["--service", "s3", "--root", "other-bucket/x/"],
+                    ["--service", "s3", "--root", ""]):
+            r = cli("assign", "--omni-account", omni, *bad)
+            assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        listed = json.loads(cli("list", "--json").stdout)
+        assert listed == {"assignments": [{"omni_account": omni, "service": "s3", "root": "agentkeys-dev/team-a/"}]}
+        assert grant(b, jwt, daemon, scope_path="agentkeys-dev/team-a/").status_code == 200
+        assert cli("revoke", "--omni-account", omni, "--service", "s3", "--root", "agentkeys-dev/team-a/").returncode == 0
+        daemon_jwt = b.session(daemon)
+        refused(b.mint(daemon_jwt, signed_mint_body(daemon, scope_path="agentkeys-dev/team-a/")), 403, "not_enrolled")
+        [assigned] = b.events("MasterRootAssigned")
+        [revoked] = b.events("MasterRootRevoked")
+        assert assigned["operator"] == "alice" and revoked["operator"].startswith("cli:")
+        b.client.close()
