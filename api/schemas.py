@@ -80,7 +80,9 @@ class SessionResponse(msgspec.Struct):
 
 class GrantCreateRequest(msgspec.Struct):
     """A master wallet grants `daemon_address` the right to mint `service` credentials under the
-    `scope_path` prefix until `expires_at` (Unix seconds), at most `max_uses` times."""
+    `scope_path` prefix until `expires_at` (Unix seconds), at most `max_uses` times. `service` is a
+    name of the broker's catalogue, exactly; `scope_path` lies inside a root the master owns
+    (namespaced tenancy: `<bucket>/<master omni_account>/...`; empty for services of scope none)."""
 
     daemon_address: str
     service: str
