@@ -233,6 +233,9 @@ class MintService:
         if not isinstance(intent.agent_id, str) or not AGENT_ID.fullmatch(intent.agent_id):
             raise Refusal("invalid_agent_id", "intent.agent_id must be 1-64 characters of [A-Za-z0-9._:-]")
         svc = self.access.service(intent.service)  # 400 unknown_service: never reaches STS
+        if svc.scope == "oidc":
+            raise Refusal("bad_request", f"service {svc.name!r} issues OIDC tokens for AssumeRoleWithWebIdentity, "
+                          "not AWS credentials from this broker")
         return MintIntent(request_id=intent.request_id, issued_at=intent.issued_at, agent_id=intent.agent_id,
                           service=svc.name, scope_path=self.access.scope(svc, intent.scope_path),
                           address=intent.address, signature=intent.signature, aud=intent.aud)

@@ -121,3 +121,27 @@ def test_only_a_declared_unscoped_service_goes_without_a_policy(tmp_path: Path) 
     assert "Policy" in bare.request_params(request("s3", "b-1/o/"))
     with pytest.raises(StsError):
         bare.request_params(request("aws", "b-1/o/"))
+
+
+def test_an_oidc_service_is_never_minted_as_aws_credentials(tmp_path: Path) -> None:
+    import dataclasses
+
+    from ledger.services.access import Access
+    from ledger.services.mint import MintIntent, MintService
+    from ledger.services.refusals import Refusal
+
+    access_settings = from_env({"BROKER_SERVICES_FILE": catalogue_file(
+        tmp_path, f'[services.s3]\nrole_arn = "{ROLE}"\nscope = "s3_prefix"\nbuckets = ["b-1"]\n'
+                  f'[services.web]\nrole_arn = "arn:aws:iam::123456789012:role/web"\nscope = "oidc"\n')},
+        role_arn=ROLE, templates=PolicyTemplates.builtin())
+    access = Access(catalogue=access_settings.catalogue, tenancy="namespaced", roots_of=lambda omni: {})
+    service = MintService.__new__(MintService)  # only the field checks run: nothing else is touched
+    service.access = access
+    intent = MintIntent(request_id="r", issued_at="x", agent_id="a", service="web", scope_path="", address="0x",
+                        signature="")
+    with pytest.raises(Refusal) as info:
+        service._validated(intent)
+    assert info.value.reason == "bad_request" and "OIDC" in info.value.message
+    with pytest.raises(Refusal) as info:
+        service._validated(dataclasses.replace(intent, service="S3"))
+    assert info.value.reason == "unknown_service"
