@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ledger.catalogue import SCOPE_KINDS, SERVICE_NAME, TENANCIES, Catalogue, CatalogueError, ServiceDef
 

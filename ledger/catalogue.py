@@ -18,9 +18,10 @@ Ownership (who may grant, and mint under, which scope):
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")  # exact, no case folding (design §3a)
 ScopeKind = Literal["s3_prefix", "none", "oidc"]
@@ -84,11 +85,11 @@ class Catalogue:
     def names(self) -> tuple[str, ...]:
         return tuple(sorted(self._services))
 
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self) -> Iterator[ServiceDef]:
         return iter(self._services.values())
 
     @classmethod
-    def builtin(cls, role_arn: str, buckets: tuple[str, ...]) -> "Catalogue":
+    def builtin(cls, role_arn: str, buckets: tuple[str, ...]) -> Catalogue:
         return cls({"s3": ServiceDef(name="s3", role_arn=role_arn, scope="s3_prefix", buckets=buckets)})
 
 

@@ -12,7 +12,7 @@ revoked after the grant refuses the next mint).
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from ..aggregates import MasterRoots
 from ..app import Ledger
