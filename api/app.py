@@ -24,7 +24,7 @@ from .routes.auth_exchange import auth_exchange
 from .routes.auth_session import session_revoke_route
 from .routes.auth_oauth2 import oauth2_callback, oauth2_start, oauth2_status
 from .routes.auth_wallet import wallet_start, wallet_verify
-from .routes.grants import grant_create, grant_list, grant_revoke
+from .routes.grants import daemon_release, grant_create, grant_list, grant_revoke
 from .routes.mint import mint_aws_creds
 from .routes.operator import ROUTES as OPERATOR_ROUTES
 from .routes.operator_page import ROUTES as OPERATOR_PAGE_ROUTES

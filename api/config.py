@@ -305,9 +305,15 @@ def _evm(env: Mapping[str, str], data_dir: Path) -> Any:
 
 
 def _sts(env: Mapping[str, str]) -> Any:
+    """STS settings with the service catalogue attached (each mint assumes its service's role)."""
+    import dataclasses
+
+    from .access_config import from_env as access_from_env
     from .sts_config import StsSettings
 
-    return StsSettings.from_env(env)
+    sts = StsSettings.from_env(env)
+    access = access_from_env(env, role_arn=sts.role_arn, templates=sts.policy_templates)
+    return dataclasses.replace(sts, catalogue=access.catalogue), access
 
 
 def _issuer(env: Mapping[str, str], dev_mode: bool) -> str:
@@ -449,6 +455,7 @@ class BrokerConfig:
     spill_bytes: int = 1048576
     min_free_bytes: int = 67108864
     sts: Any = None
+    access: Any = None  # api.access_config.AccessSettings: catalogue, tenancy, legacy service
     extra: dict[str, Any] = field(default_factory=dict)
     # --- email magic link / Google OAuth2 sign-in (issue 16; api/signin_config.py) ---
     email_link: Any = None  # api.signin_config.EmailLinkSettings when `email_link` is enabled
@@ -506,7 +513,7 @@ class BrokerConfig:
                               "must be a different file from BROKER_OIDC_KEYPAIR_PATH (two keypairs, two purposes)",
                               "session-keypair")
         auth_methods = _auth_methods(env)
-        return cls(
+        fields: dict[str, Any] = dict(
             # --- email magic link / Google OAuth2 sign-in (issue 16) ---
             email_link=_email_link(env, auth_methods, dev_mode),
             oauth2_google=_oauth2_google(env, auth_methods, dev_mode),
@@ -555,8 +562,9 @@ class BrokerConfig:
             spill_path=path("BROKER_SPILL_PATH", "spill.journal"),
             spill_bytes=_int(env, "BROKER_SPILL_BYTES", 4096, 1 << 30),
             min_free_bytes=_int(env, "BROKER_MIN_FREE_BYTES", 0, 1 << 50),
-            sts=_sts(env),  # last: its required role ARN must not mask the errors above
         )
+        sts, access = _sts(env)  # last: its required role ARN must not mask the errors above
+        return cls(**fields, sts=sts, access=access)
 
     def check_paths(self) -> None:
         """Boot-time checks that the files can be created (before binding)."""
@@ -581,12 +589,13 @@ def all_settings() -> tuple[Setting, ...]:
     """Every variable the broker reads (the STS adapter's own settings included)."""
     from anchors.evm import EVM_SETTINGS, EVM_TUNING_SETTINGS
 
+    from .access_config import ACCESS_SETTINGS
     from .sts_config import STS_SETTINGS
 
     from .signin_config import SIGNIN_SETTINGS
 
     evm = tuple(Setting(name, default, doc, anchor, "evm") for name, default, doc, anchor in EVM_SETTINGS + EVM_TUNING_SETTINGS)
-    return SETTINGS + tuple(STS_SETTINGS) + evm + SIGNIN_SETTINGS
+    return SETTINGS + tuple(STS_SETTINGS) + ACCESS_SETTINGS + evm + SIGNIN_SETTINGS
 
 
 def markdown_table() -> str:

@@ -211,13 +211,16 @@ def trust_policy(account_id: str) -> dict[str, Any]:
 
 
 def role_policy(bucket: str) -> dict[str, Any]:
-    """The role's own permissions: objects and listing in `bucket` (sessions narrow it further)."""
+    """The role's own permissions: objects and listing in the namespace of the session's master
+    (`${aws:PrincipalTag/omni_account}`, docs/operator-runbook.md §tenancy); sessions narrow it
+    further. moto does not enforce it; AWS would, even if the broker were wrong."""
     return {
         "Version": "2012-10-17",
         "Statement": [
             {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-             "Resource": f"arn:aws:s3:::{bucket}/*"},
-            {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}"},
+             "Resource": f"arn:aws:s3:::{bucket}/${{aws:PrincipalTag/omni_account}}/*"},
+            {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}",
+             "Condition": {"StringLike": {"s3:prefix": ["${aws:PrincipalTag/omni_account}/*"]}}},
         ],
     }
 
@@ -263,6 +266,7 @@ def dev_broker_env(info: Mapping[str, Any]) -> dict[str, str]:
         "BROKER_STS_ENDPOINT_URL": str(info["sts_endpoint"]),
         "BROKER_IAM_ENDPOINT_URL": str(info["sts_endpoint"]),  # one moto server serves every service
         "BROKER_DATA_ROLE_ARN": str(info["role_arn"]),
+        "BROKER_S3_BUCKETS": str(info["bucket"]),
         "BROKER_AWS_REGION": str(info["region"]),
         "DAEMON_ACCESS_KEY_ID": DEV_ACCESS_KEY_ID,
         "DAEMON_SECRET_ACCESS_KEY": DEV_SECRET_ACCESS_KEY,

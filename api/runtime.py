@@ -25,6 +25,7 @@ from ledger.config import LedgerConfig
 from ledger.gate import ReleaseGate
 from ledger.ports import Anchor, AnchorReadiness, Clock, CredentialMinter, IdentityBackend, Readiness, StsError
 from ledger.services.grants import GrantService
+from ledger.services.access import Access, ledger_roots
 from ledger.services.legacy import LegacyService
 from ledger.services.mint import MintService
 from ledger.services.refusals import Refusal
@@ -257,8 +258,10 @@ class Services:
 
             unrecorded = UnrecordedCounts()  # attached to the operator surface's metrics below
             grant_reads = GrantReadModel(runner)
+            access = Access(catalogue=config.access.catalogue, tenancy=config.access.tenancy,
+                            roots_of=ledger_roots(ledger), legacy_service=config.access.legacy_service)
             grants = GrantService(ledger=ledger, grants=grant_reads, proof_signer=JwsGrantProofSigner(session_keys),
-                                  clock=now)
+                                  access=access, clock=now)
             mint = MintService(
                 ledger=ledger, grants=grant_reads, minter=minter, release=release,
                 anchor_ready=anchor_ready or probed_anchor_readiness(probes, cached_anchor_readiness(opened)),
@@ -267,7 +270,7 @@ class Services:
                 mint_limiter=RateLimiter(config.mints_per_hour_per_omni, HOUR),
                 bad_signature_ip_limiter=RateLimiter(config.bad_signatures_per_hour_per_ip, HOUR),
                 bad_signature_wallet_limiter=RateLimiter(config.bad_signatures_per_hour_per_wallet, HOUR),
-                unrecorded=unrecorded, audience=config.issuer, clock=now,
+                unrecorded=unrecorded, access=access, audience=config.issuer, clock=now,
                 low_space=_low_space(config, free_bytes), spill=functools.partial(spill_or_log, spill),
             )
             services = cls(
@@ -284,7 +287,7 @@ class Services:
                     ledger=ledger, issuer=issuer, release=release, mint_service=mint,
                     limiter=RateLimiter(config.legacy_per_minute_per_ip, MINUTE),
                     failure_log=RateLimiter(1, MINUTE),  # the first backend failure per IP and minute is recorded
-                    unrecorded=unrecorded)
+                    unrecorded=unrecorded, service_name=config.access.legacy_service)
             services.build_signin()
             probes.configure(services.readiness_probes())  # after every part whose check it probes
             from .operator import OperatorSurface

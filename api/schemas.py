@@ -80,13 +80,29 @@ class SessionResponse(msgspec.Struct):
 
 class GrantCreateRequest(msgspec.Struct):
     """A master wallet grants `daemon_address` the right to mint `service` credentials under the
-    `scope_path` prefix until `expires_at` (Unix seconds), at most `max_uses` times."""
+    `scope_path` prefix until `expires_at` (Unix seconds), at most `max_uses` times. `service` is a
+    name of the broker's catalogue, exactly; `scope_path` lies inside a root the master owns
+    (namespaced tenancy: `<bucket>/<master omni_account>/...`; empty for services of scope none)."""
 
     daemon_address: str
     service: str
     scope_path: str
     expires_at: int
     max_uses: int
+    agent_id: str | None = None  # pin: the daemon may mint only as this exact agent_id
+    agent_id_prefix: str | None = None  # pin: ... only as an agent_id starting with this (exclusive with agent_id)
+
+
+class DaemonReleaseRequest(msgspec.Struct):
+    """End a daemon's binding: called by the daemon itself (releases every master's live grants
+    naming it) or by its master (releases that master's)."""
+
+    daemon_address: str
+
+
+class DaemonReleaseResponse(msgspec.Struct):
+    daemon_address: str
+    revoked_grants: list[str]
 
 
 class GrantCreateResponse(msgspec.Struct):
@@ -115,6 +131,8 @@ class GrantView(msgspec.Struct):
     used_count: int
     revoked_at: int | None
     audit_proof: str
+    agent_id: str | None = None
+    agent_id_prefix: str | None = None
 
 
 class GrantListResponse(msgspec.Struct):

@@ -116,6 +116,22 @@ def _substitute(node: Any, values: Mapping[str, str]) -> Any:
     return node
 
 
+def check_fixed_policy(template: Any, where: str) -> str:
+    """A session policy for a service without a scope (scope `none`): a policy document without the
+    scope placeholders (IAM policy variables are fine). Returns its minified text."""
+    if not isinstance(template, Mapping) or "Statement" not in template:
+        raise TemplateError(f"{where}: must be a policy document object with a Statement")
+    if template.get("Version") != "2012-10-17":
+        raise TemplateError(f"{where}: Version must be \"2012-10-17\"")
+    _check_placeholders(template, where)
+    text = minify(template)
+    if any("${" + name + "}" in text for name in PLACEHOLDERS):
+        raise TemplateError(f"{where}: a service without a scope has no ${{scope_path}}, ${{bucket}} or ${{prefix}}")
+    if len(text) > MAX_POLICY_CHARS:
+        raise TemplateError(f"{where}: {len(text)} characters; the limit is {MAX_POLICY_CHARS}")
+    return text
+
+
 class PolicyTemplates:
     """An immutable map service -> session policy template. `render(service, scope_path)` gives the
     exact `Policy` text to send, or None when the service has no template."""

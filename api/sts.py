@@ -11,8 +11,10 @@ One `AssumeRole` per mint, on the configured role (`api/sts_config.py`), with:
   transitive; the role's trust policy must allow `sts:TagSession`;
 - `SourceIdentity` = the lowercase wallet (CloudTrail ties every later action of the session to the
   wallet); the trust policy must allow `sts:SetSourceIdentity`;
-- `Policy`, the inline session policy from the service's template narrowed to `scope_path`
-  (`api/session_policy.py`), or none when the service has no template.
+- `RoleArn` and `Policy` from the service catalogue (`ledger/catalogue.py`, `api/access_config.py`):
+  the service's role, and its session policy (an `s3_prefix` template narrowed to `scope_path`,
+  `api/session_policy.py`, or the fixed policy of a scope-`none` service). Only a service declared
+  `unscoped = true` is minted without a policy; an unknown service is never sent.
 
 Port types (`AssumeRoleRequest`, `IssuedCredentials`, `StsError`, `CredentialMinter`) live in
 `ledger/ports.py`; `ScopeError` (`api/session_policy.py`) is a `StsError` with code `InvalidScope`
@@ -59,7 +61,9 @@ from botocore.exceptions import (
 
 from ledger.ports import AssumeRoleRequest, CredentialMinter, IssuedCredentials, StsError, sts_session_name
 
-from .session_policy import ScopeError
+from ledger.catalogue import Catalogue, ServiceDef
+
+from .session_policy import PolicyTemplates, ScopeError, check_fixed_policy
 from .sts_config import DURATION_MAX, DURATION_MIN, StsSettings
 
 log = logging.getLogger("agentkeys.sts")
@@ -185,6 +189,17 @@ class BotoStsMinter:
                                       config=client_config(settings, attempts=1))
         self._startup_client = session.client("sts", endpoint_url=settings.endpoint_url,
                                               config=client_config(settings))
+        catalogue = settings.catalogue
+        if catalogue is None:
+            template = settings.policy_templates.template("s3")
+            catalogue = Catalogue({"s3": ServiceDef(name="s3", role_arn=settings.role_arn, scope="s3_prefix",
+                                                    buckets=("unchecked",),  # buckets are the use case's concern
+                                                    policy_template=template)})
+        self._catalogue: Catalogue = catalogue
+        self._templates = PolicyTemplates({svc.name: svc.policy_template for svc in catalogue
+                                           if svc.namespaced and svc.policy_template is not None})
+        self._fixed = {svc.name: check_fixed_policy(svc.policy_template, f"service {svc.name!r}") for svc in catalogue
+                       if not svc.namespaced and svc.policy_template is not None}
 
     @property
     def client(self) -> Any:
@@ -208,9 +223,9 @@ class BotoStsMinter:
         duration = request.duration_seconds or self.settings.duration_seconds
         if isinstance(duration, bool) or not isinstance(duration, int) or not DURATION_MIN <= duration <= DURATION_MAX:
             raise StsError("InvalidRequest", f"duration_seconds must be an integer in [{DURATION_MIN}, {DURATION_MAX}]")
-        policy = self.settings.policy_templates.render(request.service, request.scope_path)
+        role_arn, policy = self.role_and_policy(request.service, request.scope_path)
         params: dict[str, Any] = {
-            "RoleArn": self.settings.role_arn,
+            "RoleArn": role_arn,
             "RoleSessionName": (sts_session_name(request.wallet, request.requested_seq) if request.requested_seq > 0
                                 else session_name(request.wallet, self._clock_ns())),
             "DurationSeconds": duration,
@@ -222,6 +237,24 @@ class BotoStsMinter:
         if policy is not None:
             params["Policy"] = policy
         return params
+
+    def role_and_policy(self, service: str, scope_path: str) -> tuple[str, str | None]:
+        """The role a mint of `service` assumes and its session policy. Only a service declared
+        `unscoped = true` (scope none, a role of its own) goes without a policy; an unknown service
+        or a missing template is refused here too (`StsError`, nothing sent), although the mint use
+        case refuses both long before (defence in depth)."""
+        svc = self._catalogue.get(service)
+        if svc is None:
+            raise StsError("UnknownService", f"service {service[:40]!r} is not in the catalogue")
+        if svc.unscoped:
+            return svc.role_arn, None
+        if svc.namespaced:
+            policy = self._templates.render(svc.name, scope_path)
+        else:
+            policy = self._fixed.get(svc.name)
+        if policy is None:
+            raise StsError("NoSessionPolicy", f"service {svc.name!r} has no session policy")
+        return svc.role_arn, policy
 
     def assume_role(self, request: AssumeRoleRequest) -> IssuedCredentials:
         params = self.request_params(request)  # ScopeError / InvalidRequest: nothing was sent

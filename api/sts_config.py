@@ -23,7 +23,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from .settings import BootFailure, Setting
@@ -87,6 +87,9 @@ class StsSettings:
     policy_templates: PolicyTemplates = field(default_factory=PolicyTemplates.builtin)
     role_arn_source: str = "BROKER_DATA_ROLE_ARN"
     deprecations: tuple[str, ...] = ()
+    # the service catalogue (`api/access_config.py`): each mint assumes its service's role with its
+    # session policy; None (settings built without one): `s3` on `role_arn` only
+    catalogue: Any = None
 
     @property
     def uses_static_keys(self) -> bool:

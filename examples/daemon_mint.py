@@ -9,7 +9,10 @@ credentials in the AWS `credential_process` format, so an AWS profile can use th
 
     [profile agent]
     credential_process = python examples/daemon_mint.py --broker-url https://broker.example.com \
-        --key-file ~/.agentkeys/daemon.key --service s3 --scope-path my-bucket/agents/a1/
+        --key-file ~/.agentkeys/daemon.key --service s3 --scope-path my-bucket/<master omni_account>/agents/a1/
+
+The scope lies in the namespace of the daemon's master (`<bucket>/<master's omni_account>/...`,
+docs/daemon-guide.md), inside the master's grant.
 
 Exit codes: 0 minted; 1 refused (4xx other than 429); 75 temporary (429, 502, 503, network) after
 retries; 2 usage.
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--broker-url", required=True)
     ap.add_argument("--key-file", type=Path, required=True, help="the daemon's hex private key (mode 0600)")
     ap.add_argument("--service", default="s3")
-    ap.add_argument("--scope-path", default="", help="<bucket>[/<prefix>] inside the grant's scope")
+    ap.add_argument("--scope-path", default="", help="<bucket>/<master omni_account>/<prefix> inside the grant's scope")
     ap.add_argument("--agent-id", default="agent-1")
     ap.add_argument("--chain-id", type=int, default=84532)
     ap.add_argument("--expect-domain", help="the domain the SIWE message must name (default: the broker URL's)")

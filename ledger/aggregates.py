@@ -22,6 +22,8 @@ from .events import (
     GrantCreated,
     GrantRevoked,
     GrantUsed,
+    MasterRootAssigned,
+    MasterRootRevoked,
     MintAuthorized,
     MintDenied,
     MintQuarantined,
@@ -256,6 +258,13 @@ class Grant(Aggregate):
             raise GrantRefused("not_owner", "grant not found, not yours, or already revoked")
         return [GrantRevoked(grant_id=self.created.grant_id, revoked_at=now_unix, by_omni_account=by_omni_account)]
 
+    def release(self, *, now_unix: int, by_omni_account: str) -> list[Event]:
+        """Revoked as part of a daemon release (by the daemon or its master; the caller checked
+        who may): refused only when the grant is no longer live."""
+        if self.created is None or self.revoked_at is not None or now_unix >= self.created.expires_at:
+            raise GrantRefused("not_owner", "grant not found, already revoked or expired")
+        return [GrantRevoked(grant_id=self.created.grant_id, revoked_at=now_unix, by_omni_account=by_omni_account)]
+
 
 class MintRequest(Aggregate):
     """One mint request (stream key `wallet:request_id`): admitted once (`MintRequested` at
@@ -391,3 +400,46 @@ class AnchorContract(Aggregate):
         return [AnchorContractChanged(anchor=anchor, chain_id=chain_id, contract=contract,
                                       previous_contract=previous, fee_payer=fee_payer.lower(),
                                       genesis_hash=genesis_hash, start_seq=start_seq, reason=reason)]
+
+
+
+class MasterRootRefused(LedgerError):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class MasterRoots(Aggregate):
+    """Every root an operator assigned (one stream for the whole broker: operators assign few, and
+    one stream makes assign/revoke decisions consistent). `roots[omni][service]` = set of roots."""
+
+    kind = "master-roots"
+    STREAM: ClassVar[uuid.UUID] = stream_id("master-roots", "all")
+
+    def __init__(self, stream: uuid.UUID) -> None:
+        super().__init__(stream)
+        self.roots: dict[str, dict[str, set[str]]] = {}
+
+    def when_MasterRootAssigned(self, event: MasterRootAssigned) -> None:
+        self.roots.setdefault(event.omni_account, {}).setdefault(event.service, set()).add(event.root)
+
+    def when_MasterRootRevoked(self, event: MasterRootRevoked) -> None:
+        services = self.roots.get(event.omni_account, {})
+        services.get(event.service, set()).discard(event.root)
+        if not services.get(event.service, True):
+            services.pop(event.service, None)
+        if not services:
+            self.roots.pop(event.omni_account, None)
+
+    def of(self, omni_account: str) -> dict[str, frozenset[str]]:
+        return {svc: frozenset(r) for svc, r in self.roots.get(omni_account, {}).items()}
+
+    def assign(self, *, omni_account: str, service: str, root: str, operator: str) -> list[Event]:
+        if root in self.roots.get(omni_account, {}).get(service, set()):
+            raise MasterRootRefused("already_assigned", "this root is already assigned to this master")
+        return [MasterRootAssigned(omni_account=omni_account, service=service, root=root, operator=operator)]
+
+    def revoke(self, *, omni_account: str, service: str, root: str, operator: str) -> list[Event]:
+        if root not in self.roots.get(omni_account, {}).get(service, set()):
+            raise MasterRootRefused("not_assigned", "this root is not assigned to this master")
+        return [MasterRootRevoked(omni_account=omni_account, service=service, root=root, operator=operator)]

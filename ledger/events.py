@@ -232,6 +232,10 @@ class GrantCreated(Event, frozen=True, kw_only=True):
     expires_at: int
     max_uses: int
     audit_proof: str
+    # added by the access model (issue 10): an optional pin on the STS `agent_id` of its mints
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("agent_id", "agent_id_prefix")
+    agent_id: str | None = None
+    agent_id_prefix: str | None = None
 
 
 class GrantUsed(Event, frozen=True, kw_only=True):
@@ -250,6 +254,36 @@ class GrantRevoked(Event, frozen=True, kw_only=True):
     grant_id: str
     revoked_at: int
     by_omni_account: str
+
+
+class DaemonReleased(Event, frozen=True, kw_only=True):
+    """A daemon's binding to its master ended (`POST /v1/daemon/release`, by the master or by the
+    daemon itself): that master's live grants naming the daemon were revoked in the same append, so
+    another master may now grant it. `by` is the caller's OmniAccount."""
+
+    daemon_address: str
+    master_omni_account: str
+    by: str
+
+
+class MasterRootAssigned(Event, frozen=True, kw_only=True):
+    """An operator assigned a root to a master (`agentkeys-broker masters assign`, design §3a): in
+    `assigned` tenancy the master may grant and mint scopes under `root` of `service`; for services
+    of scope `none`/`oidc` (root `""`) it may grant the service at all."""
+
+    omni_account: str
+    service: str
+    root: str
+    operator: str
+
+
+class MasterRootRevoked(Event, frozen=True, kw_only=True):
+    """An operator took a root back (`masters revoke`): the next mint under it is refused."""
+
+    omni_account: str
+    service: str
+    root: str
+    operator: str
 
 
 # --- Mints ------------------------------------------------------------------------------------
@@ -271,6 +305,9 @@ MintDenialReason = Literal[
     "audience_mismatch",
     "not_owner",  # an email / OAuth2 session (no wallet) tried to mint (issue 16)
     "ledger_low_space",  # the ledger's disk was below BROKER_MIN_FREE_BYTES: refused before STS (design §8)
+    "agent_not_granted",  # the grant pins another agent_id (issue 10)
+    "scope_not_owned",  # the grant's master no longer owns the scope (issue 10)
+    "not_enrolled",  # the master has no root for the service (assigned tenancy, scope none/oidc)
 ]
 
 
@@ -309,6 +346,9 @@ class MintAuthorized(Event, frozen=True, kw_only=True):
     access_key_id: str
     expiration: int
     policy_sha256: str | None = None
+    # added by the access model (issue 10): the master of the grant used, who may read this record
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("grant_master_omni_account",)
+    grant_master_omni_account: str | None = None
 
 
 class MintDenied(Event, frozen=True, kw_only=True):

@@ -216,6 +216,11 @@ class GrantLookup(Protocol):
 
     def of_master(self, master_omni_account: str) -> Sequence[Any]: ...
 
+    def live_for_daemon(self, daemon_address: str, now_unix: int) -> Sequence[Any]:
+        """Unexpired, unrevoked grants naming the daemon, for any service and master (rows with
+        `grant_id` and `master_omni_account`): its binding (design §3a)."""
+        ...
+
     async def caught_up(self, seq: int) -> None:
         """Return once the read model has applied `seq` (read-your-writes), or after its timeout."""
         ...

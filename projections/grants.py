@@ -37,6 +37,8 @@ grants = sa.Table(
     sa.Column("revoked_at", sa.Integer, nullable=True),
     sa.Column("audit_proof", sa.String, nullable=False),
     sa.Column("created_seq", sa.Integer, nullable=False),
+    sa.Column("agent_id", sa.String, nullable=True),
+    sa.Column("agent_id_prefix", sa.String, nullable=True),
     sa.Index("ix_grants_master", "master_omni_account"),
     sa.Index("ix_grants_daemon_service", "daemon_address", "service"),
 )
@@ -57,6 +59,8 @@ class GrantRow:
     revoked_at: int | None
     audit_proof: str
     created_seq: int
+    agent_id: str | None = None
+    agent_id_prefix: str | None = None
 
     def wire(self) -> dict[str, Any]:
         return {
@@ -71,12 +75,14 @@ class GrantRow:
             "used_count": self.used_count,
             "revoked_at": self.revoked_at,
             "audit_proof": self.audit_proof,
+            "agent_id": self.agent_id,
+            "agent_id_prefix": self.agent_id_prefix,
         }
 
 
 class GrantsProjection(BaseProjection):
     name = "grants"
-    version = 1
+    version = 2  # 2: agent_id pins (rebuilt from the ledger on upgrade)
     metadata = metadata
     event_types = frozenset({"GrantCreated", "GrantUsed", "GrantRevoked"})
 
@@ -88,7 +94,8 @@ class GrantsProjection(BaseProjection):
                     master_address=event.master_address, daemon_address=event.daemon_address.lower(),
                     service=event.service, scope_path=event.scope_path, granted_at=event.granted_at,
                     expires_at=event.expires_at, max_uses=event.max_uses, used_count=0, revoked_at=None,
-                    audit_proof=event.audit_proof, created_seq=record.seq,
+                    audit_proof=event.audit_proof, created_seq=record.seq, agent_id=event.agent_id,
+                    agent_id_prefix=event.agent_id_prefix,
                 )
             )
         elif isinstance(event, GrantUsed):
@@ -125,6 +132,15 @@ def grants_for_daemon(bind: Engine | Connection, daemon_address: str, service: s
     return _rows(bind, stmt)
 
 
+def live_grants_for_daemon(bind: Engine | Connection, daemon_address: str, now_unix: int) -> list[GrantRow]:
+    """Unexpired, unrevoked grants naming this daemon (any service, any master), newest first."""
+    stmt = (sa.select(*_COLUMNS)
+            .where(grants.c.daemon_address == daemon_address.lower(), grants.c.revoked_at.is_(None),
+                   grants.c.expires_at > now_unix)
+            .order_by(grants.c.created_seq.desc()))
+    return _rows(bind, stmt)
+
+
 def get_grant(bind: Engine | Connection, grant_id: str) -> GrantRow | None:
     rows = _rows(bind, sa.select(*_COLUMNS).where(grants.c.grant_id == grant_id))
     return rows[0] if rows else None
@@ -143,6 +159,9 @@ class GrantReadModel:
 
     def of_master(self, master_omni_account: str) -> list[GrantRow]:
         return grants_of_master(self.runner.engine, master_omni_account)
+
+    def live_for_daemon(self, daemon_address: str, now_unix: int) -> list[GrantRow]:
+        return live_grants_for_daemon(self.runner.engine, daemon_address, now_unix)
 
     async def caught_up(self, seq: int) -> None:
         await self.runner.wait_until_async(seq, timeout=self.catch_up_timeout_s)

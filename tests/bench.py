@@ -154,6 +154,7 @@ def bench_sign_in(quick: bool) -> list[str]:
                                           BROKER_RATE_LIMIT_FAILED_VERIFIES_PER_HOUR_PER_IP="1000000")}
         # sign-in needs no STS; a role ARN only lets `serve` boot when the mint settings require one
         env.setdefault("BROKER_DATA_ROLE_ARN", "arn:aws:iam::000000000000:role/agentkeys-data-role")
+        env.setdefault("BROKER_S3_BUCKETS", "agentkeys-dev")
         env["BROKER_LOG_LEVEL"] = "WARNING"
         cli = Path(sys.executable).parent / "agentkeys-broker"
         log = open(Path(d) / "serve.log", "wb")

@@ -37,6 +37,7 @@ def broker_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         "BROKER_OIDC_KEYPAIR_PATH": str(oidc),
         "BROKER_SESSION_KEYPAIR_PATH": str(session),
         "BROKER_DATA_ROLE_ARN": "arn:aws:iam::123456789012:role/agentkeys-data-role",
+        "BROKER_S3_BUCKETS": "agentkeys-dev",
         "BROKER_STS_ENDPOINT_URL": "http://127.0.0.1:9",  # nothing listens: tests that mint use moto
     }
     env.update(overrides)
@@ -98,10 +99,44 @@ def sign_in(client, wallet: Wallet, chain_id: int = 84532) -> dict:  # noqa: ANN
     return verify.json()
 
 
+DEV_BUCKET = "agentkeys-dev"
+# daemon address -> the OmniAccount of the master whose grant it mints under (filled by `remember_master`,
+# called by the tests' grant helpers), so a default mint scope lies in that master's namespace
+MASTERS: dict[str, str] = {}
+
+
+def omni_of(who: "Wallet | str") -> str:
+    """The OmniAccount of a wallet, of a session JWT (its `sub`), or an OmniAccount itself."""
+    if isinstance(who, Wallet):
+        from ledger.identity import evm_omni_account
+
+        return evm_omni_account(who.address)
+    if who.count(".") == 2:  # a session JWT: sub = agentkeys:user:<omni>
+        import base64
+        import json
+
+        payload = who.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return str(claims["sub"]).rsplit(":", 1)[-1]
+    return who
+
+
+def ns(master: "Wallet | str", rest: str = "agents/a1/", bucket: str = DEV_BUCKET) -> str:
+    """A scope in `master`'s namespace (design §3a: `<bucket>/<omni_account>/...`)."""
+    return f"{bucket}/{omni_of(master)}/{rest}"
+
+
+def remember_master(daemon_address: str, master: "Wallet | str") -> None:
+    MASTERS[daemon_address.lower()] = omni_of(master)
+
+
 def signed_mint_body(wallet: Wallet, *, request_id: str | None = None, service: str = "s3",
-                     scope_path: str = "agentkeys-dev/agents/a1/", agent_id: str = "agent-1",
+                     scope_path: str | None = None, agent_id: str = "agent-1",
                      issued_at: str | None = None, extra: dict | None = None, address: str | None = None) -> dict:
-    """A v2 mint body signed the way a daemon signs it (seed-spec §B.4)."""
+    """A v2 mint body signed the way a daemon signs it (seed-spec §B.4). Default scope: `agents/a1/`
+    in the namespace of the daemon's master (`remember_master`), else of the wallet itself."""
+    if scope_path is None:
+        scope_path = ns(MASTERS.get(wallet.address.lower()) or wallet)
     import json
     import uuid as _uuid
     from datetime import datetime, timezone

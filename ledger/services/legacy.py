@@ -39,7 +39,7 @@ def token_sha256(token: str) -> str:
 
 class LegacyService:
     def __init__(self, *, backend: IdentityBackend, ledger: Ledger, issuer: SessionIssuer, release: ReleasePath,
-                 mint_service: MintService, service_name: str = "aws", limiter: RateLimit | None = None,
+                 mint_service: MintService, service_name: str | None = None, limiter: RateLimit | None = None,
                  failure_log: RateLimit | None = None, unrecorded: UnrecordedOutcomes | None = None) -> None:
         self.backend = backend
         self.limiter = limiter
@@ -70,6 +70,9 @@ class LegacyService:
 
     async def mint(self, token: str, *, client: str = "") -> MintResult:
         """`client` is the caller's IP (the per-IP legacy budget and failure log)."""
+        if self.service_name is None:  # BROKER_LEGACY_SERVICE unset (design §8 "Access wire")
+            raise Refusal("not_enrolled", "the legacy path mints no service on this broker (BROKER_LEGACY_SERVICE "
+                          "is unset); use signed v2 mints")
         wallet = await self._validated(token, f"legacy-mint-{uuid.uuid4().hex}", client)
         return await self.mint_service.mint_legacy(wallet=wallet, token_sha256=token_sha256(token),
                                                    service=self.service_name)

@@ -8,9 +8,10 @@ resource, and the ledger record naming all four (`MintAuthorized`) has been conf
 anchor the policy requires.
 
 Order of work (the first refusal wins; nothing after it runs):
- 0. fields: request_id, agent_id, service, scope_path, auth.address well-formed (a request that
-    does not parse names no request: refused, not recorded; nothing from the request enters an
-    event before this step, so an event holds only validated, bounded values)
+ 0. fields: request_id, agent_id (`invalid_agent_id`), service in the catalogue
+    (`unknown_service`), scope_path well-formed for its service, auth.address well-formed (a
+    request that does not parse names no request: refused, not recorded; nothing from the request
+    enters an event before this step, so an event holds only validated, bounded values)
  1. per-call signature over the canonical body (`signature_*`, `address_mismatch`); signer ==
     `auth.address` == the session's wallet (`wallet_mismatch`)
  2. the signature is for this request now: `issued_at` fresh (`stale_request`), the signed `aud`,
@@ -22,8 +23,11 @@ Order of work (the first refusal wins; nothing after it runs):
     wallet's key signed this request, so a stolen session JWT without the key cannot spend it
  4. every required anchor ready (`anchor_unready`): refused before any work (before STS), from
     the injected `AnchorReadiness` port, called in a worker thread (never on the event loop)
- 5. grant: the daemon's active grant for the service whose scope prefix covers the request,
-    decided on the `Grant` aggregate (`no_grant`, `grant_*`, `scope_not_granted`)
+ 5. grant: the daemon's active grant for the service whose scope prefix covers the request and
+    whose `agent_id` pin (if any) allows the request's agent, decided on the `Grant` aggregate
+    (`no_grant`, `grant_*`, `scope_not_granted`, `agent_not_granted`); then the grant's master must
+    still own the scope (`not_enrolled`, `scope_not_owned`: re-checked at every mint, `access.py`);
+    a self-mint (grants not required) must be inside the caller's own roots
  6. admission: one atomic append of `GrantUsed` + `MintRequested` (stream `wallet:request_id`), so
     the request id is spent and the grant use consumed together (`request_replayed`)
  7. STS AssumeRole (`sts_error`, `invalid_scope`): only now, so refused requests never reach STS;
@@ -70,7 +74,8 @@ from ..scopes import ScopeError
 from ..spill import SpillEntry, spill_or_log
 from ..signatures import SignatureError, verify_personal_sign
 from .caller import Caller
-from .grants import normalize_scope, scope_covers
+from .access import Access
+from .grants import AGENT_ID, agent_allowed, scope_covers
 from .refusals import Refusal
 from .release import ReleasePath, Withheld, WithheldAppend
 
@@ -205,6 +210,7 @@ class MintService:
         bad_signature_ip_limiter: RateLimit | None = None,
         bad_signature_wallet_limiter: RateLimit | None = None,
         unrecorded: UnrecordedOutcomes | None = None,
+        access: Access,
         audience: str | None = None,
         clock: Clock = time.time,
         low_space: LedgerSpace | None = None,
@@ -224,6 +230,7 @@ class MintService:
         self.bad_signature_ip_limiter = bad_signature_ip_limiter
         self.bad_signature_wallet_limiter = bad_signature_wallet_limiter
         self.unrecorded = unrecorded or NoUnrecordedOutcomes()
+        self.access = access
         self.audience = audience.rstrip("/") if audience else None
         self.clock = clock
         self.low_space: LedgerSpace = low_space or (lambda: False)
@@ -284,6 +291,9 @@ class MintService:
                             agent_id="legacy", service=service, scope_path="", address=wallet, signature="")
         ctx = _Ctx(omni_account=evm_omni_account(wallet), identity_type="legacy_bearer",
                    identity_value=token_sha256, session_jti="", intent=intent, wallet=wallet.lower())
+        svc = self.access.service(service)
+        if svc.namespaced:  # the config check makes this impossible; refuse rather than mint unscoped
+            raise Refusal("not_enrolled", f"the legacy path mints services of scope none, not {svc.name!r}")
         async with self._recorded(ctx):
             self._check_rate(ctx)
             await self._check_anchors_ready()
@@ -296,16 +306,18 @@ class MintService:
     def _validated(self, intent: MintIntent) -> MintIntent:
         if not 1 <= len(intent.request_id) <= 128 or not intent.request_id.isprintable():
             raise Refusal("bad_request", "request_id must be 1-128 printable characters")
-        if not intent.agent_id or len(intent.agent_id) > 128:
-            raise Refusal("bad_request", "intent.agent_id must be 1-128 characters")
-        if not intent.service or len(intent.service) > 64:
-            raise Refusal("bad_request", "intent.service must be 1-64 characters")
+        if not isinstance(intent.agent_id, str) or not AGENT_ID.fullmatch(intent.agent_id):
+            raise Refusal("invalid_agent_id", "intent.agent_id must be 1-64 characters of [A-Za-z0-9._:-]")
+        svc = self.access.service(intent.service)  # 400 unknown_service: never reaches STS
+        if svc.scope == "oidc":
+            raise Refusal("bad_request", f"service {svc.name!r} issues OIDC tokens for AssumeRoleWithWebIdentity, "
+                          "not AWS credentials from this broker")
         try:
             normalize_address(intent.address)  # 0x + 40 hex; mixed case must carry a valid EIP-55 checksum
         except ValueError as exc:
             raise Refusal("bad_request", f"auth.address: {exc}"[:300]) from None
         return MintIntent(request_id=intent.request_id, issued_at=intent.issued_at, agent_id=intent.agent_id,
-                          service=intent.service, scope_path=normalize_scope(intent.scope_path, intent.service),
+                          service=svc.name, scope_path=self.access.scope(svc, intent.scope_path),
                           address=intent.address, signature=intent.signature, aud=intent.aud)
 
     @asynccontextmanager
@@ -426,6 +438,7 @@ class MintService:
             grant_id=requested.grant_id, role_arn=creds.role_arn, sts_session_name=creds.session_name,
             access_key_id=creds.access_key_id, expiration=creds.expiration,
             policy_sha256=hashlib.sha256(creds.policy_json.encode()).hexdigest() if creds.policy_json else None,
+            grant_master_omni_account=grant.master_omni_account if grant else None,
         )
         stream = MintRequest.stream_for(ctx.wallet, intent.request_id)
 
@@ -497,12 +510,24 @@ class MintService:
             try:
                 created = agg.check_usable(now)
             except GrantRefused as exc:
-                if refusal is None or refusal[0] == "scope_not_granted":
+                if refusal is None or refusal[0] in ("scope_not_granted", "agent_not_granted"):
                     refusal = (exc.reason, str(exc))
                 continue
+            if not agent_allowed(created, intent.agent_id):
+                if refusal is None or refusal[0] == "scope_not_granted":
+                    refusal = ("agent_not_granted", "the grant does not allow this agent_id")
+                continue
+            # ownership is re-checked at every mint: a root revoked after the grant refuses now
+            try:
+                self.access.check_owned(created.master_omni_account, self.access.service(intent.service),
+                                        intent.scope_path)
+            except Refusal as exc:
+                raise MintRefused(exc.reason, exc.message, grant_id=created.grant_id) from None
             return agg, created
         if refusal is not None:
             raise Refusal(*refusal)
         if self.grants_required:
             raise Refusal("no_grant", "no active grant for this wallet and service")
+        # a self-mint (BROKER_GRANTS_REQUIRED=false) stays inside the caller's own roots
+        self.access.check_owned(ctx.omni_account, self.access.service(intent.service), intent.scope_path)
         return None, None

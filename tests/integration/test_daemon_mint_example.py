@@ -16,7 +16,7 @@ import httpx
 from api.config import BrokerConfig
 from api.runtime import Services
 from tests.conftest import ROOT
-from tests.support import LiveServer, Wallet, broker_env, sign_in
+from tests.support import LiveServer, Wallet, broker_env, ns, sign_in
 from tests.support_moto import sts_env
 
 EXAMPLE = ROOT / "examples" / "daemon_mint.py"
@@ -29,13 +29,14 @@ def test_daemon_mints_with_a_grant_and_gets_credential_process_output(tmp_path: 
     key_file.chmod(0o600)
     with LiveServer(Services.build(BrokerConfig.from_env(broker_env(tmp_path, **sts_env(dev_aws))))) as live:
         with httpx.Client(base_url=live.url, timeout=30) as c:
-            master_jwt = sign_in(c, Wallet())["session_jwt"]
+            master = Wallet()
+            master_jwt = sign_in(c, master)["session_jwt"]
             r = c.post("/v1/grant/create", headers={"Authorization": f"Bearer {master_jwt}"},
-                       json={"daemon_address": daemon.address, "service": "s3", "scope_path": "agentkeys-dev/agents/",
+                       json={"daemon_address": daemon.address, "service": "s3", "scope_path": ns(master, "agents/"),
                              "expires_at": int(time.time()) + 600, "max_uses": 5})
             assert r.status_code == 200, r.text
         args = [sys.executable, str(EXAMPLE), "--broker-url", live.url, "--key-file", str(key_file),
-                "--expect-domain", "broker.test.invalid", "--scope-path", "agentkeys-dev/agents/a1/"]
+                "--expect-domain", "broker.test.invalid", "--scope-path", ns(master)]
         out = subprocess.run(args, cwd=ROOT, env={**os.environ}, capture_output=True, text=True, timeout=90)
         assert out.returncode == 0, out.stderr
         creds = json.loads(out.stdout)

@@ -16,7 +16,7 @@ from api.config import BrokerConfig
 from api.runtime import Services
 from ledger.identity import checksum_address
 from tests.integration.test_mint import Broker, assert_no_credentials, auth, broker, pair  # noqa: F401
-from tests.support import LiveServer, Wallet, broker_env, sign_in, signed_mint_body
+from tests.support import LiveServer, Wallet, broker_env, ns, remember_master, sign_in, signed_mint_body
 from tests.support_moto import sts_env
 
 ISSUER = "https://broker.test.invalid"  # broker_env's BROKER_OIDC_ISSUER
@@ -63,7 +63,7 @@ def test_grant_to_a_daemon_with_a_mistyped_checksum_is_refused(server) -> None:
     live, client, _ = server
     master, daemon = Wallet(), Wallet()
     jwt = sign_in(client, master)["session_jwt"]
-    body = {"service": "s3", "scope_path": "agentkeys-dev/agents/a1/", "expires_at": int(time.time()) + 3600,
+    body = {"service": "s3", "scope_path": ns(master), "expires_at": int(time.time()) + 3600,
             "max_uses": 1}
     r = client.post("/v1/grant/create", json={**body, "daemon_address": bad_checksum(daemon.address)},
                     headers=auth(jwt))
@@ -270,9 +270,10 @@ def test_debug_logs_of_a_full_sign_in_and_mint_carry_no_secret(tmp_path: Path, d
                 master, daemon = Wallet(), Wallet()
                 master_jwt = sign_in(client, master)["session_jwt"]
                 grant = client.post("/v1/grant/create", headers=auth(master_jwt), json={
-                    "daemon_address": daemon.address, "service": "s3", "scope_path": "agentkeys-dev/agents/a1/",
+                    "daemon_address": daemon.address, "service": "s3", "scope_path": ns(master),
                     "expires_at": int(time.time()) + 3600, "max_uses": 5})
                 assert grant.status_code == 200, grant.text
+                remember_master(daemon.address, master)
                 daemon_jwt = sign_in(client, daemon)["session_jwt"]
                 minted = client.post("/v1/mint-aws-creds", headers=auth(daemon_jwt), json=signed_mint_body(daemon))
                 assert minted.status_code == 200, minted.text

@@ -19,7 +19,7 @@ from api.keys import generate_keyfile, load_keyring
 from api.runtime import Services
 from ledger.anchoring import default_waiter
 from ledger.gate import ReleaseGate
-from tests.support import LiveServer, Wallet, broker_env, sign_in, signed_mint_body
+from tests.support import LiveServer, Wallet, broker_env, ns, remember_master, sign_in, signed_mint_body
 from tests.support_moto import sts_env
 
 CRED_FIELDS = ("access_key_id", "secret_access_key", "session_token")
@@ -53,10 +53,11 @@ class Broker:
         return sign_in(self.client, wallet)["session_jwt"]
 
     def grant(self, master_jwt: str, daemon: Wallet, **kw) -> dict:  # noqa: ANN003
-        body = {"daemon_address": daemon.address, "service": "s3", "scope_path": "agentkeys-dev/agents/a1/",
+        body = {"daemon_address": daemon.address, "service": "s3", "scope_path": ns(master_jwt),
                 "expires_at": int(time.time()) + 3600, "max_uses": 10, **kw}
         r = self.client.post("/v1/grant/create", json=body, headers=auth(master_jwt))
         assert r.status_code == 200, r.text
+        remember_master(daemon.address, master_jwt)
         return r.json()
 
     def mint(self, jwt: str, body: dict | bytes, headers: dict | None = None) -> httpx.Response:
@@ -113,7 +114,7 @@ def pair(broker: Broker):
 # --- §D.1 (a)–(f) ------------------------------------------------------------------------------
 
 def test_a_happy_path_releases_credentials_after_the_anchor_confirms(broker: Broker, pair, dev_aws) -> None:
-    _, _, daemon, daemon_jwt, grant = pair
+    master, _, daemon, daemon_jwt, grant = pair
     r = broker.mint(daemon_jwt, signed_mint_body(daemon))
     assert r.status_code == 200, r.text
     body = r.json()
@@ -131,7 +132,7 @@ def test_a_happy_path_releases_credentials_after_the_anchor_confirms(broker: Bro
     assert "assumed-role/agentkeys-data-role" in sts.get_caller_identity()["Arn"]
     # what was asked of STS: tags, source identity and the scoped policy
     [req] = broker.minter.requests
-    assert (req.wallet, req.service, req.scope_path) == (daemon.address, "s3", "agentkeys-dev/agents/a1/")
+    assert (req.wallet, req.service, req.scope_path) == (daemon.address, "s3", ns(master))
 
 
 def test_b_zero_signature_never_reaches_sts(broker: Broker, pair) -> None:
@@ -252,8 +253,9 @@ def test_non_owner_cannot_revoke_and_lists_are_private(broker: Broker) -> None:
 def test_grant_create_refusals(broker: Broker) -> None:
     master = Wallet()
     jwt = broker.session(master)
-    body = {"daemon_address": Wallet().address, "service": "s3", "scope_path": "agentkeys-dev/x/",
+    body = {"daemon_address": Wallet().address, "service": "s3", "scope_path": ns(master, "x/"),
             "expires_at": int(time.time()) + 60, "max_uses": 1}
+    assert broker.client.post("/v1/grant/create", json=body, headers=auth(jwt)).status_code == 200
     assert broker.client.post("/v1/grant/create", json=body).status_code == 401
     assert broker.client.post("/v1/grant/create", json={**body, "expires_at": 1}, headers=auth(jwt)).status_code == 400
     assert broker.client.post("/v1/grant/create", json={**body, "scope_path": "agentkeys-dev/*"}, headers=auth(jwt)).status_code == 400
@@ -281,15 +283,16 @@ def test_unusable_grants_are_403_with_a_typed_reason_and_never_reach_sts(broker:
     elif case == "other_service":
         body = signed_mint_body(daemon, service="dynamodb", scope_path="")
     elif case == "scope":
-        body = signed_mint_body(daemon, scope_path="agentkeys-dev/agents/a10/")
+        body = signed_mint_body(daemon, scope_path=ns(mj, "agents/a10/"))
     r = broker.mint(dj, body)
     expected = {"revoked": "grant_revoked", "expired": "grant_expired", "exhausted": "grant_exhausted",
-                "other_service": "no_grant", "other_daemon": "no_grant", "scope": "scope_not_granted"}[case]
-    assert r.status_code == 403, r.text
+                "other_service": "unknown_service", "other_daemon": "no_grant", "scope": "scope_not_granted"}[case]
+    assert r.status_code == (400 if case == "other_service" else 403), r.text
     assert r.json()["reason"] == expected
     assert_no_credentials(r)
     assert broker.minter.calls == 0
-    assert broker.events("MintDenied")[-1]["reason"] == expected
+    if case != "other_service":  # a service outside the catalogue is malformed input: refused, not recorded
+        assert broker.events("MintDenied")[-1]["reason"] == expected
 
 
 def test_self_mint_without_grant_only_when_grants_are_not_required(tmp_path: Path, dev_aws) -> None:
@@ -451,17 +454,38 @@ def test_oversized_mint_body_is_413(broker: Broker, pair) -> None:
     assert broker.minter.calls == 0
 
 
-def test_scope_path_may_be_omitted_for_services_without_a_scope(tmp_path: Path, dev_aws) -> None:
-    env = broker_env(tmp_path, **sts_env(dev_aws), BROKER_GRANTS_REQUIRED="false")
+def test_services_without_a_scope_take_an_empty_scope_path(tmp_path: Path, dev_aws) -> None:
+    from ledger.identity import evm_omni_account
+    from ledger.services.masters import MastersService
+
+    (tmp_path / "ddb.json").write_text(json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "dynamodb:GetItem", "Resource": "*"}]}))
+    (tmp_path / "services.toml").write_text(f"""
+[services.s3]
+role_arn = "arn:aws:iam::{dev_aws['account_id']}:role/agentkeys-data-role"
+scope = "s3_prefix"
+buckets = ["agentkeys-dev"]
+
+[services.dynamodb]
+role_arn = "arn:aws:iam::{dev_aws['account_id']}:role/agentkeys-ddb"
+scope = "none"
+policy_template = "ddb.json"
+""")
+    env = broker_env(tmp_path, **sts_env(dev_aws), BROKER_GRANTS_REQUIRED="false",
+                     BROKER_SERVICES_FILE=str(tmp_path / "services.toml"))
     with LiveServer(build_services(env)) as server:
         b = Broker(server)
         w = Wallet()
-        body = signed_mint_body(w, service="dynamodb")
-        del body["intent"]["scope_path"]
-        # re-sign without the field
-        from tests.support import signed_mint_body as smb
-        body = smb(w, service="dynamodb", scope_path="")
-        assert b.mint(b.session(w), body).status_code == 200
+        jwt = b.session(w)
+        r = b.mint(jwt, signed_mint_body(w, service="dynamodb", scope_path=""))
+        assert r.status_code == 403 and r.json()["reason"] == "not_enrolled", r.text  # no namespace: assigned only
+        MastersService(ledger=server.services.ledger, catalogue=server.services.config.access.catalogue).assign(
+            evm_omni_account(w.address), "dynamodb", "", operator="test")
+        assert b.mint(jwt, signed_mint_body(w, service="dynamodb", scope_path="")).status_code == 200
+        r = b.mint(jwt, signed_mint_body(w, service="dynamodb", scope_path="agentkeys-dev/x/"))
+        assert r.status_code == 400 and r.json()["reason"] == "invalid_scope"
+        [authorized] = b.events("MintAuthorized")
+        assert authorized["role_arn"].endswith(":role/agentkeys-ddb") and authorized["policy_sha256"]
         b.client.close()
 
 

@@ -54,7 +54,10 @@ from api.moto_server import MotoServer, bootstrap_dev_aws
 from api.runtime import Services
 from api.sts import BotoStsMinter
 from tests.conftest import ROOT, cli_path
-from tests.support import LiveServer, Wallet, broker_env, sign_in, signed_mint_body
+from tests.support import LiveServer, Wallet, broker_env, ns, omni_of, remember_master, sign_in, signed_mint_body
+
+FUZZ_MASTER = Wallet(bytes.fromhex("11" * 32))  # fixed, so the strategies can name its namespace
+FUZZ_MASTER_OMNI = omni_of(FUZZ_MASTER)
 from tests.support_moto import sts_env
 
 MINT = "/v1/mint-aws-creds"
@@ -136,10 +139,11 @@ def live(tmp_path_factory: pytest.TempPathFactory, moto_server: MotoServer) -> I
     minter = CountingMinter(BotoStsMinter(config.sts))
     with LiveServer(Services.build(config, minter=minter)) as server:
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            master, owner, other = Wallet(), Wallet(), Wallet()
+            master, owner, other = FUZZ_MASTER, Wallet(), Wallet()
             master_jwt = sign_in(client, master)["session_jwt"]
+            remember_master(owner.address, master)
             # grants exist for the owner (so the grant lookup has rows to decide on), all revoked
-            for service, scope in (("s3", "agentkeys-dev/agents/a1/"), ("dynamodb", "")):
+            for service, scope in (("s3", ns(master)), ("s3", ns(master, "agents/a2/"))):
                 r = client.post("/v1/grant/create", headers=auth(master_jwt), json={
                     "daemon_address": owner.address, "service": service, "scope_path": scope,
                     "expires_at": int(time.time()) + 3600, "max_uses": 1000})
@@ -234,10 +238,11 @@ plausible_request_ids = st.builds(lambda h: "req-" + h, hex_of_length(24)) | pla
 plausible_issued_ats = st.builds(iso, st.floats(min_value=-30, max_value=30), st.sampled_from(
     ["%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S+00:00", "%Y-%m-%dT%H:%M:%S.%fZ"]))
 plausible_agent_ids = st.sampled_from(["agent-1", "a", "a" * 128]) | plain_text
-plausible_services = st.sampled_from(["s3", "s3", "dynamodb"])
-plausible_scopes = st.sampled_from(["agentkeys-dev/agents/a1/", "agentkeys-dev/agents/a1/x/", "agentkeys-dev/",
-                                    "agentkeys-dev/agents/a10/", "agentkeys-dev/agents/a1"]) | st.builds(
-    lambda a, b: f"agentkeys-dev/{a}/{b}", st.text(alphabet="abcdefgh0123456789-_.", min_size=1, max_size=12),
+plausible_services = st.sampled_from(["s3", "s3", "dynamodb"])  # dynamodb: not in the catalogue
+plausible_scopes = st.sampled_from([ns(FUZZ_MASTER), ns(FUZZ_MASTER, "agents/a1/x/"), "agentkeys-dev/",
+                                    ns(FUZZ_MASTER, "agents/a10/"), ns(FUZZ_MASTER, "agents/a1"),
+                                    "agentkeys-dev/agents/a1/"]) | st.builds(
+    lambda a, b: f"agentkeys-dev/{FUZZ_MASTER_OMNI}/{a}/{b}", st.text(alphabet="abcdefgh0123456789-_.", min_size=1, max_size=12),
     st.text(alphabet="abcdefgh0123456789-_./", max_size=12))
 
 wild_issued_ats = st.one_of(
@@ -603,7 +608,7 @@ def test_replayed_signed_body_and_every_revoked_grant_stop_before_sts(live: Live
     r = live.client.post(MINT, json=signed_mint_body(live.owner, service="dynamodb", scope_path=""),
                          headers=auth(live.owner_jwt))
     check(live, r)
-    assert r.status_code == 403 and r.json()["reason"] == "grant_revoked", r.text
+    assert r.status_code == 400 and r.json()["reason"] == "unknown_service", r.text
     r = live.client.post(MINT, json=signed_mint_body(live.other), headers=auth(live.other_jwt))
     check(live, r)
     assert r.status_code == 403 and r.json()["reason"] == "no_grant", r.text
@@ -652,7 +657,7 @@ def test_zz_broker_still_mints_and_the_fuzzed_ledger_verifies(live: Live) -> Non
 
     # a usable grant: the same broker mints exactly once, for exactly the signed request
     r = live.client.post("/v1/grant/create", headers=auth(live.master_jwt), json={
-        "daemon_address": live.owner.address, "service": "s3", "scope_path": "agentkeys-dev/agents/a1/",
+        "daemon_address": live.owner.address, "service": "s3", "scope_path": ns(live.master),
         "expires_at": int(time.time()) + 3600, "max_uses": 1})
     assert r.status_code == 200, r.text
     r = live.client.post(MINT, json=signed_mint_body(live.owner), headers=auth(live.owner_jwt))

@@ -111,11 +111,32 @@ def test_exact_documents_sent(dev_aws: dict[str, Any]) -> None:
     assert not any(k.startswith("TransitiveTagKeys") for k in wire)
 
 
-def test_service_without_template_sends_no_policy(dev_aws: dict[str, Any]) -> None:
+def test_service_outside_the_catalogue_is_never_sent(dev_aws: dict[str, Any]) -> None:
     m = minter_for(dev_aws)
+    cap = Captured(m.client)
+    for service in ("ses", "S3", "aws", "iam"):
+        with pytest.raises(StsError) as info:
+            m.assume_role(request(service=service, scope_path=""))
+        assert info.value.code == "UnknownService"
+    assert cap.params == [] and cap.bodies == []
+
+
+def test_declared_unscoped_service_sends_no_policy_on_its_own_role(dev_aws: dict[str, Any]) -> None:
+    import dataclasses
+
+    from ledger.catalogue import Catalogue, ServiceDef
+
+    own = f"arn:aws:iam::{dev_aws['account_id']}:role/agentkeys-ses"
+    settings = from_env(sts_env(dev_aws))
+    catalogue = Catalogue({"s3": ServiceDef(name="s3", role_arn=settings.role_arn, scope="s3_prefix",
+                                            buckets=("agentkeys-dev",),
+                                            policy_template=settings.policy_templates.template("s3")),
+                           "ses": ServiceDef(name="ses", role_arn=own, scope="none", unscoped=True)})
+    m = BotoStsMinter(dataclasses.replace(settings, catalogue=catalogue))
     cap = Captured(m.client)
     creds = m.assume_role(request(service="ses", scope_path=""))
     assert "Policy" not in cap.params[0] and "Policy" not in cap.bodies[0] and creds.policy_json is None
+    assert cap.params[0]["RoleArn"] == own == creds.role_arn
 
 
 @pytest.mark.parametrize("duration", [900, 43200])

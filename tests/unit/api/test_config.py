@@ -14,7 +14,8 @@ from tests.conftest import ROOT
 RUNBOOK = (ROOT / "docs" / "operator-runbook.md").read_text()
 HEADINGS = set(re.findall(r"^#{2,4} ([\w-]+)\s*$", RUNBOOK, flags=re.M))
 ISSUER = {"BROKER_OIDC_ISSUER": "https://broker.test.invalid",
-          "BROKER_DATA_ROLE_ARN": "arn:aws:iam::123456789012:role/agentkeys-data-role"}
+          "BROKER_DATA_ROLE_ARN": "arn:aws:iam::123456789012:role/agentkeys-data-role",
+          "BROKER_S3_BUCKETS": "agentkeys-dev"}
 
 
 def test_defaults_put_every_file_under_the_data_dir(tmp_path: Path) -> None:

@@ -33,7 +33,9 @@ from api.sts import (
     tag_value,
     to_sts_error,
 )
+from api.session_policy import S3_TEMPLATE
 from api.sts_config import StsSettings
+from ledger.catalogue import Catalogue, ServiceDef
 from ledger.ports import sts_session_name
 
 WALLET = "0xAbC0000000000000000000000000000000000001"
@@ -137,7 +139,20 @@ def test_issued_credentials_repr_hides_secrets() -> None:
 # --- parameters (no network: building the client makes no call) -----------------------------
 
 
+SES_ROLE = "arn:aws:iam::123456789012:role/agentkeys-ses"
+
+
+def catalogue() -> Catalogue:
+    """s3 with the built-in template, and `ses`: scope none, declared unscoped on a role of its own."""
+    return Catalogue({
+        "s3": ServiceDef(name="s3", role_arn="arn:aws:iam::123456789012:role/agentkeys-data-role", scope="s3_prefix",
+                         buckets=("my-bucket",), policy_template=S3_TEMPLATE),
+        "ses": ServiceDef(name="ses", role_arn=SES_ROLE, scope="none", unscoped=True),
+    })
+
+
 def minter(**kw: object) -> BotoStsMinter:
+    kw.setdefault("catalogue", catalogue())
     settings = StsSettings(role_arn="arn:aws:iam::123456789012:role/agentkeys-data-role",
                            access_key_id="AKIAEXAMPLE", secret_access_key="x", endpoint_url="http://127.0.0.1:1", **kw)
     return BotoStsMinter(settings, clock_ns=lambda: NOW_NS)
@@ -159,9 +174,10 @@ def test_request_params_for_s3() -> None:
     assert "TransitiveTagKeys" not in params
 
 
-def test_request_params_without_template_or_identity() -> None:
+def test_request_params_of_a_declared_unscoped_service_without_identity() -> None:
     params = minter(duration_seconds=900).request_params(AssumeRoleRequest("", "o", "a", "ses", "", 43200))
     assert "Policy" not in params and "SourceIdentity" not in params
+    assert params["RoleArn"] == SES_ROLE  # its own role, never the scoped services' one
     assert params["DurationSeconds"] == 43200
 
 
