@@ -3,6 +3,8 @@ unready and refusing until the sender identity is verified, then the link arrive
 
 from __future__ import annotations
 
+import time
+
 import json
 import re
 import urllib.request
@@ -49,7 +51,10 @@ def test_ses_sender_needs_a_verified_identity_then_delivers(tmp_path: Path, moto
 
         aws_client("sesv2", moto_endpoint).create_email_identity(EmailIdentity=SENDER)
         services._signin_probes.clear()  # the probe caches its answer for 15 s
-        assert "auth/email_link" in c.get("/readyz").json()["ready"]
+        deadline = time.monotonic() + 20  # /readyz answers from the background probes (api/probes.py)
+        while "auth/email_link" not in c.get("/readyz").json()["ready"]:
+            assert time.monotonic() < deadline, c.get("/readyz").json()
+            time.sleep(0.2)
 
         r = c.post("/v1/auth/email/request", json={"email": "alice@example.com"})
         assert r.status_code == 200, r.text
