@@ -105,6 +105,8 @@ REFUSALS: dict[str, tuple[str, bool]] = {
     "anchor_unready": ("anchor_unavailable", True),
     "anchor_deadline": ("anchor_unavailable", True),
     "contended": ("unavailable", True),
+    "integrity_alarm": ("unavailable", True),
+    "anchor_mismatch": ("anchor_unavailable", True),
 }
 
 # The message of a refusal is prefixed with its kind where the seed's messages are.

@@ -22,6 +22,7 @@ from ledger.anchoring import AnchorPump
 from ledger.app import Ledger
 from ledger.config import LedgerConfig
 from ledger.gate import ReleaseGate
+from ledger.integrity import IntegrityMonitor
 from ledger.ports import Anchor, AnchorReadiness, Clock, CredentialMinter, IdentityBackend, Readiness, StsError
 from ledger.services.grants import GrantService
 from ledger.services.legacy import LegacyService
@@ -170,6 +171,8 @@ class Services:
     operator: Any = None  # api.operator.OperatorSurface
     probes: ProbeRunner = field(default_factory=ProbeRunner)
     spill: Any = None  # ledger.spill.CredentialSpill, preallocated at boot
+    integrity: IntegrityMonitor | None = None  # the integrity alarm (ledger/integrity.py)
+    workers: bool = True  # leased jobs in this process (`serve --no-workers` turns them off)
     _started: bool = field(default=False, repr=False)
 
     @classmethod
@@ -221,7 +224,8 @@ class Services:
                                    readiness=probes)
             elif not isinstance(gate, ReleaseGate):
                 gate = gate(opened)
-            release = ReleasePath(ledger=ledger, gate=gate)
+            integrity = IntegrityMonitor(ledger, opened)
+            release = ReleasePath(ledger=ledger, gate=gate, integrity=integrity)
             signer = SessionSigner(session_keys, config.issuer, config.session_jwt_ttl_s,
                                    operator_wallets=config.operator_wallets)
             issuer = JwtSessionIssuer(signer)
@@ -244,7 +248,7 @@ class Services:
                 oidc_keys=oidc_keys, session_keys=session_keys, signer=signer, gate=gate, wallet_auth=wallet_auth,
                 challenge_limiter=RateLimiter(config.challenges_per_hour_per_ip, HOUR),
                 failed_verify_limiter=RateLimiter(config.failed_verifies_per_hour_per_ip, HOUR),
-                probes=probes,
+                probes=probes, integrity=integrity,
             )
             probes.configure(services.readiness_probes())
             if config.legacy_bearer and config.backend_url:
@@ -293,16 +297,49 @@ class Services:
     def start(self) -> None:
         if self._started:
             return
+        self.check_integrity_at_startup()
         self.sweep_outcomes_at_startup()  # before any anchor pump starts (design §8 "Outcome sweep")
         self.probes.start()
         self.pump.start()
         self.projections.catch_up("sessions")  # revocations are enforced from the first request on
         self.projections.start()
-        self.scheduler = self._build_scheduler()
+        self.scheduler = self._build_scheduler() if self.workers else None
+        self._start_background_integrity()
         if self.scheduler is not None:
             self.scheduler.start()
         self.probes.wait_first(FIRST_PROBES_WAIT_S)  # not yet serving: a hanging probe reports unready after this
         self._started = True
+
+    def check_integrity_at_startup(self) -> None:
+        """Design §8 "Start-up integrity", synchronous part: the last 1,000 records re-verified and
+        checked against every anchor (a ledger behind its anchors is named with its lost range).
+        A finding is one `TamperDetected`; the broker serves, but releases nothing until acknowledged."""
+        if self.integrity is None:
+            return
+        try:
+            findings = self.integrity.startup_check()
+        except Exception:
+            log.exception("start-up integrity check failed to run; the background check retries")
+            return
+        for finding in findings:
+            log.critical("start-up integrity check: %s seq %s: %s", finding.source, finding.seq, finding.detail)
+
+    def _start_background_integrity(self) -> None:
+        """The background part: `PRAGMA quick_check` and a full chain verification, once now (then
+        on the `chain-verify` job's schedule)."""
+        import threading
+
+        monitor = self.integrity
+        if monitor is None:
+            return
+
+        def run() -> None:
+            try:
+                monitor.full_check()
+            except Exception:
+                log.exception("background integrity check failed to run")
+
+        threading.Thread(target=run, name="integrity-startup", daemon=True).start()
 
     def sweep_outcomes_at_startup(self) -> None:
         """Record what the spill holds (ledger/spill.py), then give an outcome to every
@@ -375,6 +412,9 @@ class Services:
                 ledger=self.ledger, async_anchors=async_anchors, deadline_s=self.config.evm_confirm_deadline_s,
                 now=time.time)))
         jobs.append(Job("quarantine-reanchor", 5.0, self.operator.close_reanchored))
+        if self.integrity is not None:
+            jobs.append(Job("integrity", self.config.job_integrity_s, self.integrity.incremental_check))
+            jobs.append(Job("chain-verify", self.config.job_chain_verify_s, self.integrity.full_check))
         return build_scheduler(jobs, Leases(self.config.data_dir / "leases.sqlite"))
 
     def stop(self) -> None:
@@ -441,6 +481,8 @@ class Services:
         background only: never call them on a request path)."""
         required_anchors = set(self.config.required_anchors)
         checks = [Check("ledger", self.ledger.ready), Check("sts", self._sts_ready)]
+        if self.integrity is not None:
+            checks.append(Check("ledger/integrity", self.integrity.readiness))
         for anchor in self.anchors:
             required = anchor.name in required_anchors  # under *_primary the asynchronous anchor is not
             checks.append(Check(f"anchor/{anchor.name}", anchor.ready, required=required))
