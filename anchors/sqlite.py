@@ -4,10 +4,13 @@ Schema (an auditor reads `anchored` directly with sqlite3; keep its shape)::
 
     anchored(seq INTEGER PRIMARY KEY, hash TEXT NOT NULL)      -- seq 1..N, one row per record
     anchor_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)     -- format = agentkeys-sqlite-anchor/1
+                                                               -- start_seq = S (absent: 1)
     _readyz_probe(id INTEGER PRIMARY KEY)                      -- written by ready()
 
 Invariants:
-- `anchored` holds exactly seqs 1..max(seq): a batch is written only when it starts at or below
+- `anchored` holds exactly seqs S..max(seq), S = `start_seq` (1 unless the file was started after
+  an acknowledged lost range: `SQLiteAnchor.create_at(path, start_seq)`; the first batch of such a
+  file is trusted to link to the ledger at S-1, which the `IntegrityAcknowledged` names): a batch is written only when it starts at or below
   `max(seq) + 1` and links to the hash anchored below it (`anchors.errors.plan_submit`), inside
   one `BEGIN IMMEDIATE` transaction that re-reads the position, so threads and processes sharing
   the file never leave a gap or a duplicate. Hence `confirmed_upto() == max(seq)`.
@@ -89,6 +92,27 @@ class SQLiteAnchor:
         with self._read_lock:
             return self._run("reader", q)
 
+    @property
+    def start_seq(self) -> int:
+        """The first seq this file witnesses (meta `start_seq`, 1 when absent)."""
+        with self._read_lock:
+            return self._run("reader", _start_seq)
+
+    @classmethod
+    def create_at(cls, path: Path | str, start_seq: int, name: str = "sqlite") -> "SQLiteAnchor":
+        """A new, empty anchor file witnessing seqs from `start_seq` on (refuses an existing file)."""
+        path = Path(path)
+        if path.exists():
+            raise AnchorUnavailable(f"{name}: {path} exists; move it aside before starting a new anchor file")
+        if start_seq < 1:
+            raise ValueError("start_seq must be >= 1")
+        conn = _open(path, create=True, timeout=10.0)
+        try:
+            conn.execute("INSERT OR REPLACE INTO anchor_meta (key, value) VALUES ('start_seq', ?)", (str(start_seq),))
+        finally:
+            conn.close()
+        return cls(path, name)
+
     def ready(self) -> Readiness:
         """A live write probe on a fresh connection (a cached one could be holding a replaced or
         deleted file open): the file must be a SQLite database with our schema, its directory
@@ -138,6 +162,9 @@ class SQLiteAnchor:
             if span:
                 rows = conn.execute("SELECT seq, hash FROM anchored WHERE seq BETWEEN ? AND ?", span)
                 anchored = dict(rows.fetchall())
+            start = _start_seq(conn)
+            if records[0].seq == start > 1 and confirmed == start - 1:
+                anchored[start - 1] = records[0].prev  # a file started after a lost range: nothing below
             new = plan_submit(self.name, records, confirmed, anchored)
             if new:
                 conn.executemany("INSERT INTO anchored (seq, hash) VALUES (?, ?)", [(r.seq, r.hash) for r in new])
@@ -261,7 +288,14 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
 
 
 def _max_seq(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM anchored").fetchone()[0])
+    return int(conn.execute(
+        "SELECT COALESCE(MAX(seq), (SELECT CAST(value AS INTEGER) - 1 FROM anchor_meta WHERE key = 'start_seq'), 0) "
+        "FROM anchored").fetchone()[0])
+
+
+def _start_seq(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM anchor_meta WHERE key = 'start_seq'").fetchone()
+    return int(row[0]) if row else 1
 
 
 def _reason(exc: BaseException) -> str:

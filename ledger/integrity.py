@@ -144,6 +144,11 @@ def behind_anchor(anchor: Anchor, head_seq: int, confirmed: int) -> Finding | No
                    lost_range=(first, confirmed))
 
 
+def is_lost_range(event: TamperDetected) -> bool:
+    """A `TamperDetected` naming a ledger behind its anchors (see `behind_anchor`)."""
+    return event.source.startswith("anchor/") and event.seq is not None and event.expected_hash is None
+
+
 def check_chain(records: Iterable[ChainRecord], prev_seq: int, prev_hash: str) -> tuple[Finding | None, int, str]:
     """Re-verify contiguous records following (prev_seq, prev_hash): gapless seqs, links, hashes.
     Returns the first finding and the last verified (seq, hash)."""
@@ -251,11 +256,15 @@ class IntegrityMonitor:
         return out
 
     def lost_range(self) -> tuple[int, int] | None:
-        """The seqs some anchor holds beyond the ledger's head, if any."""
-        head = self.ledger.head().seq
-        tops = [a.confirmed_upto() for a in self.anchors]
-        top = max(tops, default=0)
-        return (head + 1, top) if top > head else None
+        """The seqs the anchors hold that the ledger lost: from the first missing seq the open alarm
+        named (records appended since reuse those seqs with other content) or else the head + 1, up
+        to the highest anchored seq; None when no anchor is ahead."""
+        first = self.ledger.head().seq + 1
+        alarm = self._open
+        if alarm is not None and is_lost_range(alarm.event):
+            first = min(first, int(alarm.event.seq or first))
+        top = max((a.confirmed_upto() for a in self.anchors), default=0)
+        return (first, top) if top >= first else None
 
     def startup_check(self, tail: int = STARTUP_TAIL) -> list[Finding]:
         """Synchronous, before serving: the last `tail` records re-verified and checked against every

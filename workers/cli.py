@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 from anchors import cli as anchors_cli
 from api import cli as api_cli
-from api import keys_cli, operator_cli
+from api import integrity_cli, keys_cli, operator_cli
 from ledger.errors import CommandError
 from projections import cli as projections_cli
 
@@ -27,6 +27,7 @@ _GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     projections_cli.register,  # projections rebuild
     anchors_cli.register,  # anchors keystore|deploy|status
     operator_cli.register,  # quarantine list|show|resolve
+    integrity_cli.register,  # integrity status|ack
 )
 
 

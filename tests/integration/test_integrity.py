@@ -191,3 +191,54 @@ def test_damaged_page_is_detected_at_startup_and_nothing_is_released(tmp_path: P
         _refused_for_integrity(broker, daemon, daemon_jwt)
         assert len(_tamper_events(broker)) == 1
         broker.client.close()
+
+
+def test_ledger_restored_from_an_older_snapshot_is_named_refused_and_acknowledged(tmp_path: Path, dev_aws) -> None:
+    """The runbook's old advice (restore a `sqlite3 .backup`) leaves the ledger behind its anchor:
+    the broker names the lost range and releases nothing; `integrity ack` records it, starts a new
+    SQLite anchor file at head + 1, and mints work again."""
+    import shutil
+
+    from workers.cli import main
+
+    env, (_, _, daemon, daemon_jwt, _) = _first_run(tmp_path, dev_aws)
+    data = tmp_path / "data"
+    _checkpoint(data / "ledger.sqlite")
+    shutil.copy(data / "ledger.sqlite", tmp_path / "snapshot.sqlite")
+    with LiveServer(build_services(env)) as server:  # life goes on after the snapshot
+        broker = Broker(server)
+        assert broker.mint(daemon_jwt, signed_mint_body(daemon)).status_code == 200
+        lost_last = broker.services.ledger.head().seq
+        _wait_for(lambda: broker.services.anchors[0].confirmed_upto() >= lost_last)
+        broker.client.close()
+    # the restore: the old ledger back, its read models rebuilt
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(data / "ledger.sqlite") + suffix).unlink(missing_ok=True)
+    (data / "projections.sqlite").unlink()
+    shutil.copy(tmp_path / "snapshot.sqlite", data / "ledger.sqlite")
+    with Ledger(LedgerConfig(data / "ledger.sqlite")) as ledger:
+        head = ledger.head().seq
+    assert head < lost_last
+    with LiveServer(build_services(env)) as server:
+        broker = Broker(server)
+        [tamper] = _tamper_events(broker)
+        assert tamper["source"] == "anchor/sqlite" and tamper["seq"] == head + 1
+        assert f"{head + 1}..{lost_last}" in tamper["detail"]
+        _refused_for_integrity(broker, daemon, daemon_jwt)
+        broker.client.close()
+    args = ["integrity", "ack", "--reason", "restored from the nightly snapshot", "--operator", "alice",
+            "--ledger-db", str(data / "ledger.sqlite"), "--anchor-db", str(data / "anchor.sqlite")]
+    assert main(args) == 0
+    assert main(args) == 1  # nothing left to acknowledge
+    assert list(data.glob("anchor.sqlite.superseded-*"))
+    with LiveServer(build_services(env)) as server:
+        broker = Broker(server)
+        acks = [e.to_data() for e in __import__("ledger.integrity", fromlist=["open_events"]).open_events(
+            broker.services.ledger) if type(e).__name__ == "IntegrityAcknowledged"]
+        assert acks == [{"tamper_seq": acks[0]["tamper_seq"], "reason": "restored from the nightly snapshot",
+                         "operator": "alice", "lost_range": [head + 1, lost_last]}]
+        r = broker.mint(daemon_jwt, signed_mint_body(daemon))
+        assert r.status_code == 200, r.text
+        assert len(_tamper_events(broker)) == 1
+        assert broker.services.anchors[0].start_seq == head + 1
+        broker.client.close()
