@@ -63,6 +63,8 @@ class SQLiteAnchor:
         self._writer: _Conn | None = None
         self._reader: _Conn | None = None
         self._opened_once = False
+        self._fd_lock = threading.Lock()
+        self._hdr_fd: tuple[int, tuple[int, int]] | None = None  # see `_identity`
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._read_lock:
@@ -141,6 +143,10 @@ class SQLiteAnchor:
                 if c is not None:
                     c.close()
             self._writer = self._reader = None
+            with self._fd_lock:
+                if self._hdr_fd is not None:
+                    os.close(self._hdr_fd[0])
+                    self._hdr_fd = None
 
     def __enter__(self) -> "SQLiteAnchor":
         return self
@@ -187,7 +193,7 @@ class SQLiteAnchor:
         """The cached connection for `role`, reopened when the file under our name is no longer
         the one it has open (replaced, moved) or no longer looks like a SQLite database: SQLite
         itself would go on serving pages from its WAL over a file overwritten with garbage."""
-        identity = _file_identity(self.path)
+        identity = self._identity()
         cached: _Conn | None = getattr(self, f"_{role}")
         if cached is not None and identity is not None and cached.identity == identity:
             return cached
@@ -198,7 +204,7 @@ class SQLiteAnchor:
                 f"{self.name}: sqlite anchor database {self.path} has vanished (not re-creating it)"
             )
         conn = _open(self.path, create=not self._opened_once, timeout=self.busy_timeout_s)
-        identity = _file_identity(self.path)
+        identity = self._identity()
         if identity is None:
             conn.close()
             raise FileNotFoundError(f"{self.path} vanished while opening")
@@ -206,6 +212,36 @@ class SQLiteAnchor:
         fresh = _Conn(conn, identity)
         setattr(self, f"_{role}", fresh)
         return fresh
+
+    def _identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the file at our path, None if absent; raises `sqlite3.DatabaseError`
+        if it is not empty and does not start with the SQLite header.
+
+        The header is read through one descriptor kept open per inode, never opened and closed on
+        each call: closing any descriptor of a file drops every POSIX lock this process holds on it,
+        SQLite's included, and another process closing its last connection would then believe it
+        was the last user, checkpoint and delete the WAL this process is still writing to (its
+        later commits invisible to every other process until it closes)."""
+        with self._fd_lock:
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                return None
+            identity = (st.st_dev, st.st_ino)
+            if self._hdr_fd is None or self._hdr_fd[1] != identity:
+                try:
+                    fd = os.open(self.path, os.O_RDONLY)
+                except FileNotFoundError:
+                    return None
+                fst = os.fstat(fd)
+                old, self._hdr_fd = self._hdr_fd, (fd, (fst.st_dev, fst.st_ino))
+                if old is not None:
+                    os.close(old[0])  # another inode (the file was replaced): no lock of ours on it matters
+            fd, identity = self._hdr_fd
+            header = os.pread(fd, len(SQLITE_MAGIC), 0)
+        if header and header != SQLITE_MAGIC:
+            raise sqlite3.DatabaseError("file is not a database")
+        return identity
 
     def _drop(self, role: str) -> None:
         cached: _Conn | None = getattr(self, f"_{role}")
@@ -219,7 +255,7 @@ class SQLiteAnchor:
         directory = self.path.parent
         if not os.access(directory, os.W_OK | os.X_OK):
             raise PermissionError(f"directory {directory} is not writable")
-        if _file_identity(self.path) is not None and not os.access(self.path, os.R_OK | os.W_OK):
+        if self._identity() is not None and not os.access(self.path, os.R_OK | os.W_OK):
             raise PermissionError(f"{self.path} is not writable")
         conn = _open(self.path, create=not self._opened_once, timeout=self.probe_timeout_s)
         try:
@@ -268,23 +304,6 @@ def _open(path: Path, *, create: bool, timeout: float) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
-
-
-def _file_identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of the file at `path`, None if absent. Raises `sqlite3.DatabaseError` if
-    the file is not empty and does not start with the SQLite header."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        st = os.fstat(fd)
-        header = os.read(fd, len(SQLITE_MAGIC))
-    finally:
-        os.close(fd)
-    if header and header != SQLITE_MAGIC:
-        raise sqlite3.DatabaseError("file is not a database")
-    return (st.st_dev, st.st_ino)
 
 
 def _max_seq(conn: sqlite3.Connection) -> int:

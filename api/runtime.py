@@ -393,35 +393,29 @@ class Services:
         return [a.name for a in self.anchors if a.name not in self.config.required_anchors]
 
     def _build_scheduler(self):  # noqa: ANN202
-        """Background jobs under leases, under every policy: the periodic outcome sweep; quarantine
-        detection when some anchor is asynchronous."""
-        from workers.jobs import outcome_sweep, quarantine
-        from workers.leases import Leases
-        from workers.scheduler import Job, build_scheduler
+        """The leased background jobs (workers/wiring.py), under every policy."""
+        from workers.wiring import build_workers
 
-        sts_timeout = float(getattr(self.config.sts, "timeout_seconds", 5) or 5)
-        jobs = [outcome_sweep.job(ledger=self.ledger, required_positions=self.required_positions,
-                                  deadline_s=self.config.anchor_deadline_ms / 1000.0,
-                                  interval_s=self.config.job_outcome_sweep_s, now=time.time,
-                                  role_arn_for=self.role_arn_for, request_margin_s=2 * sts_timeout)]
-        jobs.append(Job("spill-recover", self.config.job_outcome_sweep_s, self.recover_spill))
-        async_names = self.async_anchor_names()
-        if async_names:
-            async_anchors = [(a.name, a.confirmed_upto) for a in self.anchors if a.name in async_names]
-            jobs.append(Job("quarantine-detect", 15.0, lambda: quarantine.run(
-                ledger=self.ledger, async_anchors=async_anchors, deadline_s=self.config.evm_confirm_deadline_s,
-                now=time.time)))
-        jobs.append(Job("quarantine-reanchor", 5.0, self.operator.close_reanchored))
-        if self.integrity is not None:
-            jobs.append(Job("integrity", self.config.job_integrity_s, self.integrity.incremental_check))
-            jobs.append(Job("chain-verify", self.config.job_chain_verify_s, self.integrity.full_check))
-        return build_scheduler(jobs, Leases(self.config.data_dir / "leases.sqlite"))
+        return build_workers(self)
+
+    def start_workers_only(self) -> None:
+        """`agentkeys-broker workers`: the start-up integrity check and the leased jobs, no HTTP, no
+        anchor pump (the `anchor-reconcile` job anchors), no readiness probes."""
+        if self._started:
+            return
+        self.check_integrity_at_startup()
+        self.scheduler = self._build_scheduler()
+        self._start_background_integrity()
+        self.scheduler.start()
+        self._started = True
 
     def stop(self) -> None:
         self.probes.stop()
+        if self.integrity is not None:
+            self.integrity.close()  # a check in progress ends early
         try:
             if self.scheduler is not None and self.scheduler.running:
-                self.scheduler.shutdown(wait=False)
+                self.scheduler.shutdown(wait=True)  # running jobs finish before the ledger closes
             self.projections.stop()
         finally:
             try:

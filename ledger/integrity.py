@@ -25,7 +25,7 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from .aggregates import Aggregate, stream_id
 from .app import Ledger
@@ -40,6 +40,10 @@ log = logging.getLogger("agentkeys.integrity")
 STARTUP_TAIL = 1000
 WINDOW = 5000  # anchored seqs compared per anchor per incremental run (rolling over the whole range)
 PAGE = 5000
+
+
+class _Stopped(Exception):
+    """The monitor was closed during a check."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +184,19 @@ class IntegrityMonitor:
         self._chain_cursor: tuple[int, str] = (0, GENESIS)
         self._anchor_cursor: dict[str, int] = {}
         self._fresh_cursor: dict[str, int] = {}
+        self._closed = threading.Event()
         self.refresh()
+
+    def close(self) -> None:
+        """Stop: a check in progress ends early and reports nothing (the process is stopping, so an
+        error from a closed ledger is not evidence of tampering)."""
+        self._closed.set()
+
+    def _records(self, after: int) -> Iterator[ChainRecord]:
+        for record in self.ledger.recorder.iter_records(after, PAGE):
+            if self._closed.is_set():
+                raise _Stopped()
+            yield record
 
     # --- state ----------------------------------------------------------------------------------
 
@@ -251,7 +267,7 @@ class IntegrityMonitor:
 
     def _run(self, findings: Iterable[Finding | None]) -> list[Finding]:
         out = [f for f in findings if f is not None]
-        if out:
+        if out and not self._closed.is_set():
             self.report(out[0])
         return out
 
@@ -301,7 +317,9 @@ class IntegrityMonitor:
             return self._run([Finding("ledger/quick_check", None, None, None,
                                       "PRAGMA quick_check: " + "; ".join(result[:5]))])
         try:
-            finding, seq, h = check_chain(self.ledger.recorder.iter_records(0, PAGE), 0, GENESIS)
+            finding, seq, h = check_chain(self._records(0), 0, GENESIS)
+        except _Stopped:
+            return []
         except Exception as exc:
             return self._run([Finding("ledger/quick_check", None, None, None,
                                       f"reading the chain failed: {type(exc).__name__}: {exc}")])
