@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -61,6 +61,10 @@ class Workers:
     @property
     def running(self) -> bool:
         return bool(self.scheduler.running)
+
+    def get_jobs(self) -> list[Any]:
+        """The APScheduler jobs (each `id` is the job's name)."""
+        return list(self.scheduler.get_jobs())
 
     def start(self) -> None:
         self.scheduler.start()
