@@ -10,7 +10,8 @@ Schema (an auditor reads `anchored` directly with sqlite3; keep its shape)::
 Invariants:
 - `anchored` holds exactly seqs S..max(seq), S = `start_seq` (1 unless the file was started after
   an acknowledged lost range: `SQLiteAnchor.create_at(path, start_seq)`; the first batch of such a
-  file is trusted to link to the ledger at S-1, which the `IntegrityAcknowledged` names): a batch is written only when it starts at or below
+  file is trusted to link to the ledger at S-1, which the `IntegrityAcknowledged` names): a batch
+  is written only when it starts at or below
   `max(seq) + 1` and links to the hash anchored below it (`anchors.errors.plan_submit`), inside
   one `BEGIN IMMEDIATE` transaction that re-reads the position, so threads and processes sharing
   the file never leave a gap or a duplicate. Hence `confirmed_upto() == max(seq)`.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from anchors.errors import AnchorUnavailable
 from anchors.sqlite import SQLiteAnchor
 from ledger.anchoring import ConfirmationWaiter
 from ledger.app import Ledger
@@ -106,5 +107,5 @@ def test_a_new_sqlite_anchor_file_starts_at_its_start_seq(parts) -> None:
         assert monitor.startup_check() == [] and monitor.incremental_check() == []
     finally:
         fresh.close()
-    with pytest.raises(Exception):
+    with pytest.raises(AnchorUnavailable):
         SQLiteAnchor.create_at(tmp_path / "anchor2.sqlite", 1)  # never over an existing file
