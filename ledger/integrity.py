@@ -285,6 +285,9 @@ class IntegrityMonitor:
     def startup_check(self, tail: int = STARTUP_TAIL) -> list[Finding]:
         """Synchronous, before serving: the last `tail` records re-verified and checked against every
         anchor; every anchor's position against the head."""
+        # positions before the head: records are anchored only after they commit, so an anchor
+        # read first can never be ahead of a head read after it unless the ledger lost records
+        positions = self._positions()
         head = self.ledger.head()
         after = max(0, head.seq - tail)
         records = self.ledger.read(max(0, after - 1), tail + 1)
@@ -295,17 +298,25 @@ class IntegrityMonitor:
         findings: list[Finding | None] = []
         if after == 0 or prev_seq == after:
             findings.append(check_chain(records, prev_seq, prev_hash)[0])
-        if records and records[-1].seq != head.seq:
+        if records and records[-1].seq < head.seq:  # (another process may have appended since)
             findings.append(Finding("ledger/chain", head.seq, head.hash, records[-1].hash,
                                     f"the chain head says seq {head.seq} but the last record is {records[-1].seq}"))
-        for anchor in self.anchors:
+        for anchor, confirmed in positions:
             try:
-                confirmed = anchor.confirmed_upto()
                 findings.append(behind_anchor(anchor, head.seq, confirmed))
                 findings.append(compare_with_anchor(anchor, records, min(confirmed, head.seq)))
             except Exception as exc:  # an anchor that cannot answer is a readiness matter, not tamper
                 log.warning("start-up integrity check could not read anchor %s: %s", anchor.name, exc)
         return self._run(findings)
+
+    def _positions(self) -> list[tuple[Anchor, int]]:
+        out = []
+        for anchor in self.anchors:
+            try:
+                out.append((anchor, anchor.confirmed_upto()))
+            except Exception as exc:  # an anchor that cannot answer is a readiness matter, not tamper
+                log.warning("integrity check could not read anchor %s: %s", anchor.name, exc)
+        return out
 
     def full_check(self) -> list[Finding]:
         """Background: `PRAGMA quick_check`, then every record re-verified from seq 1."""
@@ -336,13 +347,9 @@ class IntegrityMonitor:
         finding, seq, h = check_chain(new, seq, h)
         self._chain_cursor = (seq, h)
         findings.append(finding)
+        positions = self._positions()  # before the head (see `startup_check`)
         head = self.ledger.head().seq
-        for anchor in self.anchors:
-            try:
-                confirmed = anchor.confirmed_upto()
-            except Exception as exc:
-                log.warning("integrity check could not read anchor %s: %s", anchor.name, exc)
-                continue
+        for anchor, confirmed in positions:
             findings.append(behind_anchor(anchor, head, confirmed))
             top = min(confirmed, head)
             start = anchor_start(anchor)
