@@ -4,10 +4,14 @@ Schema (an auditor reads `anchored` directly with sqlite3; keep its shape)::
 
     anchored(seq INTEGER PRIMARY KEY, hash TEXT NOT NULL)      -- seq 1..N, one row per record
     anchor_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)     -- format = agentkeys-sqlite-anchor/1
+                                                               -- start_seq = S (absent: 1)
     _readyz_probe(id INTEGER PRIMARY KEY)                      -- written by ready()
 
 Invariants:
-- `anchored` holds exactly seqs 1..max(seq): a batch is written only when it starts at or below
+- `anchored` holds exactly seqs S..max(seq), S = `start_seq` (1 unless the file was started after
+  an acknowledged lost range: `SQLiteAnchor.create_at(path, start_seq)`; the first batch of such a
+  file is trusted to link to the ledger at S-1, which the `IntegrityAcknowledged` names): a batch
+  is written only when it starts at or below
   `max(seq) + 1` and links to the hash anchored below it (`anchors.errors.plan_submit`), inside
   one `BEGIN IMMEDIATE` transaction that re-reads the position, so threads and processes sharing
   the file never leave a gap or a duplicate. Hence `confirmed_upto() == max(seq)`.
@@ -60,6 +64,8 @@ class SQLiteAnchor:
         self._writer: _Conn | None = None
         self._reader: _Conn | None = None
         self._opened_once = False
+        self._fd_lock = threading.Lock()
+        self._hdr_fd: tuple[int, tuple[int, int]] | None = None  # see `_identity`
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._read_lock:
@@ -89,6 +95,27 @@ class SQLiteAnchor:
         with self._read_lock:
             return self._run("reader", q)
 
+    @property
+    def start_seq(self) -> int:
+        """The first seq this file witnesses (meta `start_seq`, 1 when absent)."""
+        with self._read_lock:
+            return self._run("reader", _start_seq)
+
+    @classmethod
+    def create_at(cls, path: Path | str, start_seq: int, name: str = "sqlite") -> "SQLiteAnchor":
+        """A new, empty anchor file witnessing seqs from `start_seq` on (refuses an existing file)."""
+        path = Path(path)
+        if path.exists():
+            raise AnchorUnavailable(f"{name}: {path} exists; move it aside before starting a new anchor file")
+        if start_seq < 1:
+            raise ValueError("start_seq must be >= 1")
+        conn = _open(path, create=True, timeout=10.0)
+        try:
+            conn.execute("INSERT OR REPLACE INTO anchor_meta (key, value) VALUES ('start_seq', ?)", (str(start_seq),))
+        finally:
+            conn.close()
+        return cls(path, name)
+
     def ready(self) -> Readiness:
         """A live write probe on a fresh connection (a cached one could be holding a replaced or
         deleted file open): the file must be a SQLite database with our schema, its directory
@@ -117,6 +144,10 @@ class SQLiteAnchor:
                 if c is not None:
                     c.close()
             self._writer = self._reader = None
+            with self._fd_lock:
+                if self._hdr_fd is not None:
+                    os.close(self._hdr_fd[0])
+                    self._hdr_fd = None
 
     def __enter__(self) -> "SQLiteAnchor":
         return self
@@ -138,6 +169,9 @@ class SQLiteAnchor:
             if span:
                 rows = conn.execute("SELECT seq, hash FROM anchored WHERE seq BETWEEN ? AND ?", span)
                 anchored = dict(rows.fetchall())
+            start = _start_seq(conn)
+            if records[0].seq == start > 1 and confirmed == start - 1:
+                anchored[start - 1] = records[0].prev  # a file started after a lost range: nothing below
             new = plan_submit(self.name, records, confirmed, anchored)
             if new:
                 conn.executemany("INSERT INTO anchored (seq, hash) VALUES (?, ?)", [(r.seq, r.hash) for r in new])
@@ -160,7 +194,7 @@ class SQLiteAnchor:
         """The cached connection for `role`, reopened when the file under our name is no longer
         the one it has open (replaced, moved) or no longer looks like a SQLite database: SQLite
         itself would go on serving pages from its WAL over a file overwritten with garbage."""
-        identity = _file_identity(self.path)
+        identity = self._identity()
         cached: _Conn | None = getattr(self, f"_{role}")
         if cached is not None and identity is not None and cached.identity == identity:
             return cached
@@ -171,7 +205,7 @@ class SQLiteAnchor:
                 f"{self.name}: sqlite anchor database {self.path} has vanished (not re-creating it)"
             )
         conn = _open(self.path, create=not self._opened_once, timeout=self.busy_timeout_s)
-        identity = _file_identity(self.path)
+        identity = self._identity()
         if identity is None:
             conn.close()
             raise FileNotFoundError(f"{self.path} vanished while opening")
@@ -179,6 +213,36 @@ class SQLiteAnchor:
         fresh = _Conn(conn, identity)
         setattr(self, f"_{role}", fresh)
         return fresh
+
+    def _identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the file at our path, None if absent; raises `sqlite3.DatabaseError`
+        if it is not empty and does not start with the SQLite header.
+
+        The header is read through one descriptor kept open per inode, never opened and closed on
+        each call: closing any descriptor of a file drops every POSIX lock this process holds on it,
+        SQLite's included, and another process closing its last connection would then believe it
+        was the last user, checkpoint and delete the WAL this process is still writing to (its
+        later commits invisible to every other process until it closes)."""
+        with self._fd_lock:
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                return None
+            identity = (st.st_dev, st.st_ino)
+            if self._hdr_fd is None or self._hdr_fd[1] != identity:
+                try:
+                    fd = os.open(self.path, os.O_RDONLY)
+                except FileNotFoundError:
+                    return None
+                fst = os.fstat(fd)
+                old, self._hdr_fd = self._hdr_fd, (fd, (fst.st_dev, fst.st_ino))
+                if old is not None:
+                    os.close(old[0])  # another inode (the file was replaced): no lock of ours on it matters
+            fd, identity = self._hdr_fd
+            header = os.pread(fd, len(SQLITE_MAGIC), 0)
+        if header and header != SQLITE_MAGIC:
+            raise sqlite3.DatabaseError("file is not a database")
+        return identity
 
     def _drop(self, role: str) -> None:
         cached: _Conn | None = getattr(self, f"_{role}")
@@ -192,7 +256,7 @@ class SQLiteAnchor:
         directory = self.path.parent
         if not os.access(directory, os.W_OK | os.X_OK):
             raise PermissionError(f"directory {directory} is not writable")
-        if _file_identity(self.path) is not None and not os.access(self.path, os.R_OK | os.W_OK):
+        if self._identity() is not None and not os.access(self.path, os.R_OK | os.W_OK):
             raise PermissionError(f"{self.path} is not writable")
         conn = _open(self.path, create=not self._opened_once, timeout=self.probe_timeout_s)
         try:
@@ -243,25 +307,15 @@ def _open(path: Path, *, create: bool, timeout: float) -> sqlite3.Connection:
     return conn
 
 
-def _file_identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of the file at `path`, None if absent. Raises `sqlite3.DatabaseError` if
-    the file is not empty and does not start with the SQLite header."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        st = os.fstat(fd)
-        header = os.read(fd, len(SQLITE_MAGIC))
-    finally:
-        os.close(fd)
-    if header and header != SQLITE_MAGIC:
-        raise sqlite3.DatabaseError("file is not a database")
-    return (st.st_dev, st.st_ino)
-
-
 def _max_seq(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM anchored").fetchone()[0])
+    return int(conn.execute(
+        "SELECT COALESCE(MAX(seq), (SELECT CAST(value AS INTEGER) - 1 FROM anchor_meta WHERE key = 'start_seq'), 0) "
+        "FROM anchored").fetchone()[0])
+
+
+def _start_seq(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM anchor_meta WHERE key = 'start_seq'").fetchone()
+    return int(row[0]) if row else 1
 
 
 def _reason(exc: BaseException) -> str:

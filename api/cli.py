@@ -34,7 +34,16 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
     serve.add_argument("--skip-startup-check", action="store_true",
                        help="skip the startup STS GetCallerIdentity check (offline development)")
+    serve.add_argument("--no-workers", action="store_true",
+                       help="do not run the leased background jobs in this process (run `agentkeys-broker "
+                            "workers` beside it); readiness probes and the anchor pump still run")
     serve.set_defaults(handler=_serve)
+    workers = subparsers.add_parser("workers", help="run the scheduled jobs alone, on the broker's files "
+                                                    "(configuration from BROKER_* env)",
+                                    description="The leased background jobs of `serve` (anchor reconciliation, "
+                                                "integrity, outcome sweep, quarantine, projections) without HTTP. "
+                                                "Runs until SIGINT/SIGTERM.")
+    workers.set_defaults(handler=_workers)
 
     dev = subparsers.add_parser("dev", help="run the broker with every local part under one state directory")
     dev.add_argument("--host", default=DEFAULT_HOST)
@@ -137,8 +146,26 @@ def _startup_check(services: Any, skip: bool) -> None:
 def _serve(args: argparse.Namespace) -> int:
     _configure_logging()
     _, services = _boot(dict(os.environ))
+    services.workers = not args.no_workers
     _startup_check(services, args.skip_startup_check)
     _run_server(services, args.host, args.port)
+    return 0
+
+
+def _workers(args: argparse.Namespace) -> int:
+    import threading
+
+    _configure_logging()
+    _, services = _boot(dict(os.environ))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        services.start_workers_only()
+        log.info("workers running on %s (stop with SIGINT/SIGTERM)", services.config.data_dir)
+        stop.wait()
+    finally:
+        services.stop()
     return 0
 
 

@@ -114,6 +114,16 @@ SETTINGS: tuple[Setting, ...] = (
             "[0.05, 60]; the STS probe runs every min(10, 5 x this).", "readiness-probes"),
     Setting("BROKER_JOB_OUTCOME_SWEEP_SECONDS", "30", "Period of the outcome sweep job (authorizations left "
             "without an outcome get `*Withheld{interrupted}`), seconds, [0.1, 3600].", "outcome-sweep", "audit"),
+    Setting("BROKER_JOB_ANCHOR_RECONCILE_SECONDS", "10", "Period of the anchor reconciliation job (records an anchor "
+            "lacks are submitted again), seconds, [0.1, 3600].", "workers", "audit"),
+    Setting("BROKER_JOB_QUARANTINE_SECONDS", "15", "Period of the quarantine job (released mints whose asynchronous "
+            "anchor missed its deadline), seconds, [0.1, 3600].", "workers", "audit"),
+    Setting("BROKER_JOB_PROJECTIONS_SECONDS", "5", "Period of the projection catch-up job, seconds, [0.1, 3600].",
+            "workers", "audit"),
+    Setting("BROKER_JOB_INTEGRITY_SECONDS", "30", "Period of the incremental integrity check (new records re-verified, "
+            "anchored hashes compared with the ledger), seconds, [0.1, 3600].", "integrity-alarm", "audit"),
+    Setting("BROKER_JOB_CHAIN_VERIFY_SECONDS", "3600", "Period of the full chain verification and `PRAGMA "
+            "quick_check` of the ledger, seconds, [0.1, 604800].", "integrity-alarm", "audit"),
     Setting("BROKER_SPILL_PATH", None, "Journal for credentials STS issued that the ledger could not record (key id "
             "and session name, never the secret). Default `$BROKER_DATA_DIR/spill.journal`.", "spill", "ledger"),
     Setting("BROKER_SPILL_BYTES", "1048576", "Size the spill is preallocated to at boot, bytes, [4096, 1073741824].",
@@ -451,6 +461,11 @@ class BrokerConfig:
     backend_timeout_s: int = 10
     readiness_probe_interval_s: float = 2.0
     job_outcome_sweep_s: float = 30.0
+    job_anchor_reconcile_s: float = 10.0
+    job_quarantine_s: float = 15.0
+    job_projections_s: float = 5.0
+    job_integrity_s: float = 30.0        # incremental integrity check (new records, rolling anchor window)
+    job_chain_verify_s: float = 3600.0   # a full chain verification + PRAGMA quick_check
     spill_path: Path | None = None
     spill_bytes: int = 1048576
     min_free_bytes: int = 67108864
@@ -559,6 +574,11 @@ class BrokerConfig:
             evm_confirm_deadline_s=_int(env, "BROKER_EVM_CONFIRM_DEADLINE_SECONDS", 10, 7 * 24 * 3600),
             readiness_probe_interval_s=_float(env, "BROKER_READINESS_PROBE_INTERVAL_SECONDS", 0.05, 60),
             job_outcome_sweep_s=_float(env, "BROKER_JOB_OUTCOME_SWEEP_SECONDS", 0.1, 3600),
+            job_anchor_reconcile_s=_float(env, "BROKER_JOB_ANCHOR_RECONCILE_SECONDS", 0.1, 3600),
+            job_quarantine_s=_float(env, "BROKER_JOB_QUARANTINE_SECONDS", 0.1, 3600),
+            job_projections_s=_float(env, "BROKER_JOB_PROJECTIONS_SECONDS", 0.1, 3600),
+            job_integrity_s=_float(env, "BROKER_JOB_INTEGRITY_SECONDS", 0.1, 3600),
+            job_chain_verify_s=_float(env, "BROKER_JOB_CHAIN_VERIFY_SECONDS", 0.1, 7 * 24 * 3600),
             spill_path=path("BROKER_SPILL_PATH", "spill.journal"),
             spill_bytes=_int(env, "BROKER_SPILL_BYTES", 4096, 1 << 30),
             min_free_bytes=_int(env, "BROKER_MIN_FREE_BYTES", 0, 1 << 50),

@@ -114,6 +114,8 @@ REFUSALS: dict[str, tuple[str, bool]] = {
     "anchor_unready": ("anchor_unavailable", True),
     "anchor_deadline": ("anchor_unavailable", True),
     "contended": ("unavailable", True),
+    "integrity_alarm": ("unavailable", True),
+    "anchor_mismatch": ("anchor_unavailable", True),
     "ledger_unavailable": ("unavailable", True),
     "ledger_low_space": ("unavailable", True),
     # email / OAuth2 sign-in (ledger/services/email_link.py, oauth2.py, signin_requests.py)

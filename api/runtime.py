@@ -23,6 +23,7 @@ from ledger.anchoring import AnchorPump
 from ledger.app import Ledger
 from ledger.config import LedgerConfig
 from ledger.gate import ReleaseGate
+from ledger.integrity import IntegrityMonitor
 from ledger.ports import Anchor, AnchorReadiness, Clock, CredentialMinter, IdentityBackend, Readiness, StsError
 from ledger.services.grants import GrantService
 from ledger.services.access import Access, ledger_roots
@@ -192,6 +193,8 @@ class Services:
     probes: ProbeRunner = field(default_factory=ProbeRunner)
     spill: Any = None  # ledger.spill.CredentialSpill, preallocated at boot
     free_bytes_reading: Callable[[], int] | None = None  # injected by tests; else a statvfs of the ledger's disk
+    integrity: IntegrityMonitor | None = None  # the integrity alarm (ledger/integrity.py)
+    workers: bool = True  # leased jobs in this process (`serve --no-workers` turns them off)
     _started: bool = field(default=False, repr=False)
 
     @classmethod
@@ -247,7 +250,8 @@ class Services:
                                    readiness=probes)
             elif not isinstance(gate, ReleaseGate):
                 gate = gate(opened)
-            release = ReleasePath(ledger=ledger, gate=gate)
+            integrity = IntegrityMonitor(ledger, opened)
+            release = ReleasePath(ledger=ledger, gate=gate, integrity=integrity)
             signer = SessionSigner(session_keys, config.issuer, config.session_jwt_ttl_s,
                                    operator_wallets=config.operator_wallets)
             issuer = JwtSessionIssuer(signer)
@@ -279,7 +283,7 @@ class Services:
                 oidc_keys=oidc_keys, session_keys=session_keys, signer=signer, gate=gate, wallet_auth=wallet_auth,
                 challenge_limiter=RateLimiter(config.challenges_per_hour_per_ip, HOUR),
                 failed_verify_limiter=RateLimiter(config.failed_verifies_per_hour_per_ip, HOUR),
-                probes=probes, spill=spill, free_bytes_reading=free_bytes,
+                probes=probes, spill=spill, free_bytes_reading=free_bytes, integrity=integrity,
             )
             if config.legacy_bearer and config.backend_url:
                 services.legacy = LegacyService(
@@ -402,16 +406,49 @@ class Services:
     def start(self) -> None:
         if self._started:
             return
+        self.check_integrity_at_startup()
         self.sweep_outcomes_at_startup()  # before any anchor pump starts (design §8 "Outcome sweep")
         self.probes.start()
         self.pump.start()
         self.projections.catch_up("sessions")  # revocations are enforced from the first request on
         self.projections.start()
-        self.scheduler = self._build_scheduler()
+        self.scheduler = self._build_scheduler() if self.workers else None
+        self._start_background_integrity()
         if self.scheduler is not None:
             self.scheduler.start()
         self.probes.wait_first(FIRST_PROBES_WAIT_S)  # not yet serving: a hanging probe reports unready after this
         self._started = True
+
+    def check_integrity_at_startup(self) -> None:
+        """Design §8 "Start-up integrity", synchronous part: the last 1,000 records re-verified and
+        checked against every anchor (a ledger behind its anchors is named with its lost range).
+        A finding is one `TamperDetected`; the broker serves, but releases nothing until acknowledged."""
+        if self.integrity is None:
+            return
+        try:
+            findings = self.integrity.startup_check()
+        except Exception:
+            log.exception("start-up integrity check failed to run; the background check retries")
+            return
+        for finding in findings:
+            log.critical("start-up integrity check: %s seq %s: %s", finding.source, finding.seq, finding.detail)
+
+    def _start_background_integrity(self) -> None:
+        """The background part: `PRAGMA quick_check` and a full chain verification, once now (then
+        on the `chain-verify` job's schedule)."""
+        import threading
+
+        monitor = self.integrity
+        if monitor is None:
+            return
+
+        def run() -> None:
+            try:
+                monitor.full_check()
+            except Exception:
+                log.exception("background integrity check failed to run")
+
+        threading.Thread(target=run, name="integrity-startup", daemon=True).start()
 
     def sweep_outcomes_at_startup(self) -> None:
         """Record what the spill holds (ledger/spill.py), then give an outcome to every
@@ -463,33 +500,29 @@ class Services:
         return [a.name for a in self.anchors if a.name not in self.config.required_anchors]
 
     def _build_scheduler(self):  # noqa: ANN202
-        """Background jobs under leases, under every policy: the periodic outcome sweep; quarantine
-        detection when some anchor is asynchronous."""
-        from workers.jobs import outcome_sweep, quarantine
-        from workers.leases import Leases
-        from workers.scheduler import Job, build_scheduler
+        """The leased background jobs (workers/wiring.py), under every policy."""
+        from workers.wiring import build_workers
 
-        sts_timeout = float(getattr(self.config.sts, "timeout_seconds", 5) or 5)
-        jobs = [outcome_sweep.job(ledger=self.ledger, required_positions=self.required_positions,
-                                  deadline_s=self.config.anchor_deadline_ms / 1000.0,
-                                  interval_s=self.config.job_outcome_sweep_s, now=time.time,
-                                  role_arn_for=self.role_arn_for, request_margin_s=2 * sts_timeout)]
-        jobs.append(Job("spill-recover", self.config.job_outcome_sweep_s, self.recover_spill))
-        async_names = self.async_anchor_names()
-        jobs.extend(self._signin_jobs())
-        if async_names:
-            async_anchors = [(a.name, a.confirmed_upto) for a in self.anchors if a.name in async_names]
-            jobs.append(Job("quarantine-detect", 15.0, lambda: quarantine.run(
-                ledger=self.ledger, async_anchors=async_anchors, deadline_s=self.config.evm_confirm_deadline_s,
-                now=time.time)))
-        jobs.append(Job("quarantine-reanchor", 5.0, self.operator.close_reanchored))
-        return build_scheduler(jobs, Leases(self.config.data_dir / "leases.sqlite"))
+        return build_workers(self)
+
+    def start_workers_only(self) -> None:
+        """`agentkeys-broker workers`: the start-up integrity check and the leased jobs, no HTTP, no
+        anchor pump (the `anchor-reconcile` job anchors), no readiness probes."""
+        if self._started:
+            return
+        self.check_integrity_at_startup()
+        self.scheduler = self._build_scheduler()
+        self._start_background_integrity()
+        self.scheduler.start()
+        self._started = True
 
     def stop(self) -> None:
         self.probes.stop()
+        if self.integrity is not None:
+            self.integrity.close()  # a check in progress ends early
         try:
             if self.scheduler is not None and self.scheduler.running:
-                self.scheduler.shutdown(wait=False)
+                self.scheduler.shutdown(wait=True)  # running jobs finish before the ledger closes
             self.projections.stop()
             if self.oauth2_provider is not None:
                 self.oauth2_provider.close()
@@ -554,6 +587,8 @@ class Services:
         background only: never call them on a request path)."""
         required_anchors = set(self.config.required_anchors)
         checks = [Check("ledger", self.ledger.ready), Check("sts", self._sts_ready)]
+        if self.integrity is not None:
+            checks.append(Check("ledger/integrity", self.integrity.readiness))
         for anchor in self.anchors:
             required = anchor.name in required_anchors  # under *_primary the asynchronous anchor is not
             checks.append(Check(f"anchor/{anchor.name}", anchor.ready, required=required))

@@ -308,6 +308,7 @@ MintDenialReason = Literal[
     "agent_not_granted",  # the grant pins another agent_id (issue 10)
     "scope_not_owned",  # the grant's master no longer owns the scope (issue 10)
     "not_enrolled",  # the master has no root for the service (assigned tenancy, scope none/oidc)
+    "integrity_alarm",  # an unacknowledged TamperDetected: every release refused before STS (design §8)
 ]
 
 
@@ -501,3 +502,36 @@ class OAuth2FlowStarted(Event, frozen=True, kw_only=True):
     provider: str
     expires_at: int
     poll_token_sha256: str
+
+
+# --- Integrity (design §8 "Start-up integrity"; docs/operator-runbook.md "Integrity alarm") ------
+
+TamperSource = Literal["anchor/sqlite", "anchor/evm", "ledger/chain", "ledger/quick_check"]
+
+
+class TamperDetected(Event, frozen=True, kw_only=True):
+    """The ledger and a witness disagree, or the ledger disagrees with itself: an anchor holds
+    another hash than the ledger at `seq` (`anchor/<name>`), holds records the ledger does not have
+    (the ledger is behind its anchors: `seq` is the first missing one, `detail` names the range), a
+    record does not hash to its stored hash or does not link to the one before (`ledger/chain`), or
+    SQLite found a damaged page (`ledger/quick_check`). `seq` and the hashes are null when unknown.
+    Recorded once per alarm on the `integrity` stream; until an `IntegrityAcknowledged` follows,
+    every release is refused before STS (503 `unavailable`, reason `integrity_alarm`)."""
+
+    source: TamperSource
+    seq: int | None
+    expected_hash: str | None
+    found_hash: str | None
+    detail: str
+
+
+class IntegrityAcknowledged(Event, frozen=True, kw_only=True):
+    """An operator acknowledged the open `TamperDetected` at `tamper_seq` (`agentkeys-broker integrity
+    ack --reason TEXT`); releases resume. `lost_range` = `[first, last]` seqs the anchors held and the
+    ledger lost (a ledger restored from an older snapshot), null otherwise; the SQLite anchor then
+    starts a new file at `first` (the ledger's head + 1)."""
+
+    tamper_seq: int
+    reason: str
+    operator: str
+    lost_range: list[int] | None

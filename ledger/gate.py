@@ -2,7 +2,11 @@
 the audit policy requires has confirmed the ledger record that names it.
 
 `ReleaseGate.wait(seq)` waits (without blocking the event loop) until the required anchors'
-confirmed positions reach `seq`, or the deadline passes. It never calls an anchor on the waiting
+confirmed positions reach `seq`, or the deadline passes. Positions are not enough: with the
+record's hash (`wait(seq, record_hash)`), a confirmation counts only if the anchor holds exactly
+that hash at `seq` (`Anchor.verify`); an anchor whose position covers `seq` with another hash is
+listed in `mismatched` (a tampered or stale witness: the caller withholds with `anchor_mismatch`
+and raises the integrity alarm, ledger/integrity.py). It never calls an anchor on the waiting
 path (see ledger/anchoring.py), so a hanging anchor costs at most the deadline, never a hung
 request. The caller decides what to do with a `Withheld` result: append the matching `...Withheld`
 event and answer 503 `anchor_unavailable` with no credential material.
@@ -10,12 +14,16 @@ event and answer 503 `anchor_unavailable` with no credential material.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from .anchoring import ConfirmationWaiter, default_waiter
 from .ports import Anchor, ReadinessView
+
+log = logging.getLogger("agentkeys.gate")
 
 READY_TTL_S = 1.0
 
@@ -25,6 +33,7 @@ class GateResult:
     released: bool
     anchored: list[str]   # every anchor that had confirmed `seq` when the gate decided
     missing: list[str]    # required anchors that had not
+    mismatched: list[str] = field(default_factory=list)  # anchors whose position covers `seq` with another hash
 
 
 class ReleaseGate:
@@ -80,24 +89,40 @@ class ReleaseGate:
                 out.append(anchor.name)
         return out
 
-    def _result(self, seq: int) -> GateResult:
+    def _result(self, seq: int, record_hash: str | None = None) -> GateResult:
+        """Which anchors confirmed `seq`; with `record_hash`, only those holding that very hash
+        (`verify` reads the anchor's local store: this runs in a worker thread on async paths)."""
         anchored = []
+        mismatched = []
         for anchor in self.anchors:
             pos = self.waiter.position(anchor)
-            if pos is not None and pos >= seq:
-                anchored.append(anchor.name)
+            if pos is None or pos < seq:
+                continue
+            if record_hash is not None:
+                try:
+                    holds = anchor.verify(seq, record_hash)
+                except Exception as exc:  # cannot tell: not a confirmation, not (yet) tamper evidence
+                    log.warning("anchor %s could not verify seq %s: %s", anchor.name, seq, exc)
+                    continue
+                if not holds:
+                    mismatched.append(anchor.name)
+                    continue
+            anchored.append(anchor.name)
         missing = [a.name for a in self.required if a.name not in anchored]
-        return GateResult(released=not missing, anchored=anchored, missing=missing)
+        return GateResult(released=not missing, anchored=anchored, missing=missing, mismatched=mismatched)
 
-    def wait(self, seq: int) -> GateResult:
+    def wait(self, seq: int, record_hash: str | None = None) -> GateResult:
         started = time.monotonic()
         self.waiter.wait(self.required, seq, self.deadline_s)
-        return self._observed(self._result(seq), started)
+        return self._observed(self._result(seq, record_hash), started)
 
-    async def wait_async(self, seq: int) -> GateResult:
+    async def wait_async(self, seq: int, record_hash: str | None = None) -> GateResult:
         started = time.monotonic()
         await self.waiter.wait_async(self.required, seq, self.deadline_s)
-        return self._observed(self._result(seq), started)
+        if record_hash is None:
+            return self._observed(self._result(seq), started)
+        result = await asyncio.to_thread(self._result, seq, record_hash)
+        return self._observed(result, started)
 
     def _observed(self, result: GateResult, started: float) -> GateResult:
         """Tell every observer (metrics: `agentkeys_release_seconds`) how long the gate waited."""

@@ -275,6 +275,20 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
             yield from chunk
             after_seq = chunk[-1].seq
 
+    def seq_of(self, stream: uuid.UUID, version: int) -> int | None:
+        """The chain seq of version `version` of `stream` (None if absent)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT seq FROM ledger_records WHERE stream = ? AND version = ?", (str(stream), version))
+            row = c.fetchone()
+        return int(row[0]) if row else None
+
+    def quick_check(self) -> list[str]:
+        """`PRAGMA quick_check` of the ledger file: `["ok"]` when SQLite finds no damage, else its
+        messages. A page too damaged to read raises `sqlite3.DatabaseError`."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("PRAGMA quick_check")
+            return [str(r[0]) for r in c.fetchall()]
+
     def stream_events(self, stream: uuid.UUID) -> list[tuple[int, str, dict[str, Any]]]:
         """(version, type, data) of a stream in version order."""
         out = []

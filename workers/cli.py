@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 from anchors import cli as anchors_cli
 from api import cli as api_cli
-from api import backup_cli, client_cli, keys_cli, masters_cli, operator_cli
+from api import backup_cli, client_cli, integrity_cli, keys_cli, masters_cli, operator_cli
 from ledger.errors import CommandError
 from projections import cli as projections_cli
 
@@ -30,6 +30,7 @@ _GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     backup_cli.register,  # backup, restore
     client_cli.register,  # grant create|revoke|list, creds, exec, demo (the daemon client)
     masters_cli.register,  # masters assign|revoke|list
+    integrity_cli.register,  # integrity status|ack
 )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -24,12 +24,14 @@ class Job:
     run: Callable[[], object]
 
 
-def leased(job: Job, leases: Leases) -> Callable[[], None]:
+def leased(job: Job, leases: Leases, runs: dict[str, int] | None = None) -> Callable[[], None]:
     ttl = max(job.interval_s * 3, 30.0)
 
     def run() -> None:
         if not leases.acquire(job.name, ttl):
             return
+        if runs is not None:
+            runs[job.name] = runs.get(job.name, 0) + 1
         started = time.monotonic()
         token = job_id_var.set(f"job:{job.name}")
         try:
@@ -43,8 +45,39 @@ def leased(job: Job, leases: Leases) -> Callable[[], None]:
     return run
 
 
-def build_scheduler(jobs: list[Job], leases: Leases) -> BackgroundScheduler:
-    scheduler = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1})
-    for job in jobs:
-        scheduler.add_job(leased(job, leases), "interval", seconds=job.interval_s, id=job.name, name=job.name)
-    return scheduler
+class Workers:
+    """The scheduler of one process with its jobs; `runs` counts the runs this process made of each
+    job (after taking its lease), for tests and logs."""
+
+    def __init__(self, jobs: list[Job], leases: Leases) -> None:
+        self.jobs = list(jobs)
+        self.leases = leases
+        self.runs: dict[str, int] = {}
+        self.scheduler = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1})
+        for job in self.jobs:
+            self.scheduler.add_job(leased(job, leases, self.runs), "interval", seconds=job.interval_s, id=job.name,
+                                   name=job.name)
+
+    @property
+    def running(self) -> bool:
+        return bool(self.scheduler.running)
+
+    def get_jobs(self) -> list[Any]:
+        """The APScheduler jobs (each `id` is the job's name)."""
+        return list(self.scheduler.get_jobs())
+
+    def start(self) -> None:
+        self.scheduler.start()
+        log.info("workers started: %s", ", ".join(f"{j.name} every {j.interval_s:g}s" for j in self.jobs))
+
+    def shutdown(self, wait: bool = False) -> None:
+        self.scheduler.shutdown(wait=wait)
+        for job in self.jobs:  # let another process take over at once
+            try:
+                self.leases.release(job.name)
+            except Exception:  # pragma: no cover - best effort on the way out
+                log.debug("could not release lease %s", job.name)
+
+
+def build_scheduler(jobs: list[Job], leases: Leases) -> Workers:
+    return Workers(jobs, leases)

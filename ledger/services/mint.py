@@ -374,6 +374,7 @@ class MintService:
             raise RateLimited(*refused)
 
     async def _check_anchors_ready(self) -> None:
+        self.release.check_integrity()  # an open integrity alarm refuses before STS (design §8)
         # The port may answer from cached background probes or probe (bounded) itself: either
         # way it runs in a worker thread, never on the event loop.
         unready = await asyncio.to_thread(

@@ -12,8 +12,12 @@ credentials at mint, OIDC tokens later) goes through `ReleasePath.release`:
    - `anchor_deadline`: the deadline passed, or the gate itself failed (an anchor error);
    - `request_cancelled`: the request was cut off while waiting (shutdown, client gone); the
      record is written synchronously because the task is being cancelled, then the
-     cancellation propagates.
-No credential material is ever in a `Withheld`.
+     cancellation propagates;
+   - `anchor_mismatch`: an anchor's position covers the record but it holds another hash there
+     (a stale or tampered witness): the integrity alarm is raised too (`TamperDetected`).
+No credential material is ever in a `Withheld`. While an integrity alarm is open
+(ledger/integrity.py) nothing is appended at all: `check_integrity()` refuses first (503
+`unavailable`, reason `integrity_alarm`); the mint calls it before STS.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ..chain import ChainRecord as Record
 from ..errors import ConcurrencyConflict
 from ..events import Event
 from ..gate import ReleaseGate
+from ..integrity import Finding, IntegrityMonitor, anchor_source
 from .refusals import Refusal
 
 log = logging.getLogger("agentkeys.release")
@@ -48,10 +53,14 @@ class Withheld(Refusal):
     """The authorization was recorded but its required anchors did not confirm it: nothing was
     released, and a `*Withheld` record says so (reason `anchor_deadline`)."""
 
-    def __init__(self, what: str, missing: Sequence[str]) -> None:
+    def __init__(self, what: str, missing: Sequence[str], reason: str = "anchor_deadline") -> None:
         item = "credential" if what == "mint" else what
-        super().__init__("anchor_deadline", f"audit anchors {', '.join(missing)} did not confirm the {what} in "
-                         f"time; no {item} was released")
+        if reason == "anchor_mismatch":
+            message = (f"audit anchors {', '.join(missing)} hold another hash than the ledger for the {what}; "
+                       f"no {item} was released (integrity alarm raised)")
+        else:
+            message = f"audit anchors {', '.join(missing)} did not confirm the {what} in time; no {item} was released"
+        super().__init__(reason, message)
         self.missing = list(missing)
 
 
@@ -62,9 +71,15 @@ class Released:
 
 
 class ReleasePath:
-    def __init__(self, *, ledger: Ledger, gate: ReleaseGate) -> None:
+    def __init__(self, *, ledger: Ledger, gate: ReleaseGate, integrity: IntegrityMonitor | None = None) -> None:
         self.ledger = ledger
         self.gate = gate
+        self.integrity = integrity
+
+    def check_integrity(self) -> None:
+        """Refuse (`integrity_alarm`) while an integrity alarm is open: memory only, fine on the loop."""
+        if self.integrity is not None:
+            self.integrity.check()
 
     @property
     def required(self) -> list[str]:
@@ -79,9 +94,10 @@ class ReleasePath:
     ) -> Released:
         """`what` names the credential in messages ("session", "mint"); `append` writes the
         authorization; `withhold(record, reason, missing_anchors)` builds the `*Withheld` append."""
+        self.check_integrity()
         record = await append()
         try:
-            result = await self.gate.wait_async(record.seq)
+            result = await self.gate.wait_async(record.seq, record.hash)
         except asyncio.CancelledError:
             self._append_withheld_now(withhold(record, "request_cancelled", []))
             raise
@@ -90,10 +106,30 @@ class ReleasePath:
             missing = self.required
             await self._append_withheld(withhold(record, "anchor_deadline", missing))
             raise Withheld(what, missing) from None
+        if result.mismatched:
+            await self._tamper(record, result.mismatched)
+            if not result.released:
+                await self._append_withheld(withhold(record, "anchor_mismatch", result.mismatched))
+                raise Withheld(what, result.mismatched, "anchor_mismatch")
         if not result.released:
             await self._append_withheld(withhold(record, "anchor_deadline", result.missing))
             raise Withheld(what, result.missing)
         return Released(record=record, anchored=result.anchored)
+
+    async def _tamper(self, record: Record, anchors: list[str]) -> None:
+        """Raise the integrity alarm: the anchors hold another hash than `record`'s at its seq."""
+        if self.integrity is None:
+            log.critical("anchors %s hold another hash than the ledger at seq %s", anchors, record.seq)
+            return
+        by_name = {a.name: a for a in self.gate.anchors}
+        anchor = by_name[anchors[0]]
+        finding = Finding(anchor_source(anchor), record.seq, record.hash, None,
+                          f"the release gate found anchor(s) {', '.join(anchors)} confirming seq {record.seq} "
+                          "with another hash than the ledger's")
+        try:
+            await asyncio.to_thread(self.integrity.report, finding)
+        except Exception:
+            log.exception("could not record TamperDetected for seq %s", record.seq)
 
     async def _append_withheld(self, append: WithheldAppend) -> None:
         stream, version, events = append
