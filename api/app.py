@@ -97,8 +97,9 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
 
     render_plugins, asset_routes = docs_ui()
     # Routes that take `Authorization: Bearer` (a session JWT; the audit route also the operator token).
-    bearer_routes = Router(path="/", route_handlers=[grant_create, grant_revoke, grant_list, mint_aws_creds,
-                                                     auth_exchange, audit_record, session_revoke_route],
+    bearer_routes = Router(path="/", route_handlers=[grant_create, grant_revoke, grant_list, daemon_release,
+                                                     mint_aws_creds, auth_exchange, audit_record,
+                                                     session_revoke_route],
                            security=[{"bearer": []}])
     app = Litestar(
         route_handlers=[healthz, readyz, audit_head, wallet_start, wallet_verify, bearer_routes, *asset_routes,
