@@ -10,7 +10,8 @@ import pytest
 from api.config import BootFailure, BrokerConfig
 
 ISSUER = {"BROKER_OIDC_ISSUER": "https://broker.test.invalid",
-          "BROKER_DATA_ROLE_ARN": "arn:aws:iam::123456789012:role/agentkeys-data-role"}
+          "BROKER_DATA_ROLE_ARN": "arn:aws:iam::123456789012:role/agentkeys-data-role",
+          "BROKER_S3_BUCKETS": "agentkeys-dev"}
 
 
 def private(path: Path, data: bytes) -> str:
