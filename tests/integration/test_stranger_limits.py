@@ -22,6 +22,7 @@ import pytest
 from api.config import BrokerConfig
 from api.runtime import Services
 from ledger.store import SELECT_RECORDS
+from tests.integration.test_legacy_bearer import legacy_catalogue
 from tests.integration.test_mint import Broker, assert_no_credentials, auth, broker, build_services, make_pair, pair  # noqa: F401
 from tests.support import LiveServer, Wallet, broker_env, signed_mint_body
 from tests.support_moto import sts_env
@@ -206,8 +207,12 @@ def counting_backend():
 
 def test_200_garbage_legacy_tokens_leave_bounded_records_and_backend_calls(tmp_path: Path, dev_aws,
                                                                           counting_backend: str) -> None:
+    # the legacy path mints a catalogue service of its own (BROKER_LEGACY_SERVICE): both halves of the
+    # garbage reach the per-IP limiter, then the backend
     env = broker_env(tmp_path, **sts_env(dev_aws), BROKER_LEGACY_BEARER="true", BROKER_BACKEND_URL=counting_backend,
-                     BROKER_GRANTS_REQUIRED="false")
+                     BROKER_GRANTS_REQUIRED="false",
+                     BROKER_SERVICES_FILE=str(legacy_catalogue(tmp_path / "catalogue", dev_aws["account_id"])),
+                     BROKER_LEGACY_SERVICE="legacy")
     with LiveServer(Services.build(BrokerConfig.from_env(env))) as server, \
             httpx.Client(base_url=server.url, timeout=30) as c:
         head = server.services.ledger.head().seq
