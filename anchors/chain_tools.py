@@ -10,10 +10,11 @@ Synchronous web3.py (v8) only; an async anchor can reuse `load_artifact`, `abi`,
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -209,7 +210,7 @@ class OnChainBatch:
     block_number: int
 
     @classmethod
-    def from_tuple(cls, t: Sequence[Any]) -> "OnChainBatch":
+    def from_tuple(cls, t: Sequence[Any]) -> OnChainBatch:
         root, first, last, head, block = t
         return cls(bytes(root), int(first), int(last), bytes(head), int(block))
 

@@ -20,8 +20,9 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]  # the project checkout (node_modules lives here)
 DEFAULT_ANVIL_BIN = ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
@@ -102,7 +103,7 @@ class Anvil:
     def argv(self) -> list[str]:
         return [str(self.binary), "--host", self.host, "--port", "0", "--chain-id", str(self.chain_id), *self.extra_args]
 
-    def start(self) -> "Anvil":
+    def start(self) -> Anvil:
         if self.proc is not None:
             raise AnvilError("already started")
         if not self.binary.exists():
@@ -190,7 +191,7 @@ class Anvil:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def __enter__(self) -> "Anvil":
+    def __enter__(self) -> Anvil:
         return self.start() if self.proc is None else self
 
     def __exit__(self, *exc: object) -> None:

@@ -5,8 +5,8 @@ OpenAPI. Handlers are thin: they read projections/ledger through `Services` and 
 from __future__ import annotations
 
 import sys
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from litestar import Litestar, MediaType, Response, get
 from litestar.datastructures import State
@@ -21,8 +21,8 @@ from .logs import request_id_middleware
 from .routes.audit import audit_record
 from .routes.auth_email import email_landing, email_request, email_status, email_verify, email_verify_get
 from .routes.auth_exchange import auth_exchange
-from .routes.auth_session import session_revoke_route
 from .routes.auth_oauth2 import oauth2_callback, oauth2_start, oauth2_status
+from .routes.auth_session import session_revoke_route
 from .routes.auth_wallet import wallet_start, wallet_verify
 from .routes.grants import daemon_release, grant_create, grant_list, grant_revoke
 from .routes.mint import mint_aws_creds

@@ -12,9 +12,10 @@ configuration table is generated from `SETTINGS` (`python -m api.config --markdo
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 # BootFailure and Setting live in api/settings.py (a leaf: api/sts_config.py uses them too, and this
 # module imports api/sts_config.py); re-exported here for their existing importers.
@@ -490,7 +491,7 @@ class BrokerConfig:
         return (primary,)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "BrokerConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> BrokerConfig:
         env = os.environ if env is None else env
         data_dir_raw = _get(env, "BROKER_DATA_DIR")
         if data_dir_raw is None:
@@ -610,9 +611,8 @@ def all_settings() -> tuple[Setting, ...]:
     from anchors.evm import EVM_SETTINGS, EVM_TUNING_SETTINGS
 
     from .access_config import ACCESS_SETTINGS
-    from .sts_config import STS_SETTINGS
-
     from .signin_config import SIGNIN_SETTINGS
+    from .sts_config import STS_SETTINGS
 
     evm = tuple(Setting(name, default, doc, anchor, "evm") for name, default, doc, anchor in EVM_SETTINGS + EVM_TUNING_SETTINGS)
     return SETTINGS + tuple(STS_SETTINGS) + ACCESS_SETTINGS + evm + SIGNIN_SETTINGS

@@ -16,7 +16,7 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ class _Demo:
         self.url, self.issuer, self.info = url, issuer, info
         self.state_dir = state_dir
         self.step = 0
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.work = state_dir / "demo" / stamp
         self.ledger_db = info.get("ledger_db") if info else None
 
@@ -135,7 +135,7 @@ class _Demo:
                           aws_session_token=creds.session_token,
                           config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 2}))
         key = f"{prefix}hello.txt"
-        body = f"hello from {AGENT_ID} at {datetime.now(timezone.utc).isoformat()}\n".encode()
+        body = f"hello from {AGENT_ID} at {datetime.now(UTC).isoformat()}\n".encode()
         s3.put_object(Bucket=bucket, Key=key, Body=body)
         listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
         read = s3.get_object(Bucket=bucket, Key=key)["Body"].read()

@@ -23,8 +23,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from anchors.dev_chain import die_with_parent_preexec
 
@@ -66,7 +67,7 @@ class MotoServer:
 
     @classmethod
     def start(cls, port: int = 0, *, host: str = "127.0.0.1", log_path: Path | None = None,
-              ready_timeout: float = 30.0) -> "MotoServer":
+              ready_timeout: float = 30.0) -> MotoServer:
         """Start a server on `host:port` (`port=0`: a free port) and wait until it answers HTTP."""
         if host not in LOOPBACK_HOSTS:
             raise ValueError(f"moto is unauthenticated: bind it to a loopback address, not {host!r}")
@@ -84,7 +85,7 @@ class MotoServer:
         raise MotoServerError(f"moto server did not start: {last}")
 
     @classmethod
-    def _spawn(cls, host: str, port: int, log_path: Path | None) -> "MotoServer":
+    def _spawn(cls, host: str, port: int, log_path: Path | None) -> MotoServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
         env.pop("INITIAL_NO_AUTH_ACTION_COUNT", None)
         env["PYTHONUNBUFFERED"] = "1"
@@ -157,7 +158,7 @@ class MotoServer:
                 pass
         self._process.poll()
 
-    def __enter__(self) -> "MotoServer":
+    def __enter__(self) -> MotoServer:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from anchors.sqlite import SQLiteAnchor
 from ledger.aggregates import SigningKey
@@ -25,8 +26,8 @@ from ledger.config import LedgerConfig
 from ledger.gate import ReleaseGate
 from ledger.integrity import IntegrityMonitor
 from ledger.ports import Anchor, AnchorReadiness, Clock, CredentialMinter, IdentityBackend, Readiness, StsError
-from ledger.services.grants import GrantService
 from ledger.services.access import Access, ledger_roots
+from ledger.services.grants import GrantService
 from ledger.services.legacy import LegacyService
 from ledger.services.mint import MintService
 from ledger.services.refusals import Refusal
@@ -39,15 +40,15 @@ from projections.registry import all_projections
 from projections.runner import ProjectionRunner
 
 from .auth.session_jwt import SessionSigner
-from .legacy import LegacyBackend
-from .signing import JwsGrantProofSigner, JwtSessionIssuer
-from .sts import BotoStsMinter
 from .client_ip import client_ip
 from .config import BootFailure, BrokerConfig
 from .keys import KeyFileError, Keyring, load_keyring
+from .legacy import LegacyBackend
 from .probes import Probe, ProbeRunner, sts_interval
 from .ratelimit import RateLimiter
 from .readiness import Check, evaluate
+from .signing import JwsGrantProofSigner, JwtSessionIssuer
+from .sts import BotoStsMinter
 
 log = logging.getLogger("agentkeys.runtime")
 
@@ -210,7 +211,7 @@ class Services:
         anchor_ready: AnchorReadiness | None = None,
         legacy_backend: IdentityBackend | None = None,
         free_bytes: Callable[[], int] | None = None,
-    ) -> "Services":
+    ) -> Services:
         """`anchors` replaces the configured anchors (the caller opened them; they are closed on
         `stop()`); `gate` is a gate or a factory given the anchors (the pump's waiter is the
         process-wide `ledger.anchoring.default_waiter()`); `free_bytes` replaces the reading of

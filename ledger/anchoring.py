@@ -37,8 +37,9 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 from .chain import ChainHead, ChainRecord
 from .ports import Anchor
@@ -271,7 +272,7 @@ class AnchorStatus:
 
 
 class _Worker:
-    def __init__(self, pump: "AnchorPump", anchor: Anchor) -> None:
+    def __init__(self, pump: AnchorPump, anchor: Anchor) -> None:
         self.pump = pump
         self.anchor = anchor
         self.name = anchor.name
@@ -364,7 +365,7 @@ class AnchorPump:
         """Delay before retry number `failures`: doubling from the poll interval, capped."""
         return min(self.backoff_max_s, self.poll_interval_s * 2 ** min(failures - 1, 30))
 
-    def start(self) -> "AnchorPump":
+    def start(self) -> AnchorPump:
         if self._started:
             raise RuntimeError("an AnchorPump starts once")
         self._started = True
@@ -412,7 +413,7 @@ class AnchorPump:
     def last_error(self, name: str) -> str | None:
         return self.status()[name].last_error
 
-    def __enter__(self) -> "AnchorPump":
+    def __enter__(self) -> AnchorPump:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -16,10 +16,11 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable, Sequence, TypeVar
+from datetime import UTC, datetime
+from typing import TypeVar
 
 from .aggregates import Aggregate
 from .canonical import validate
@@ -36,7 +37,7 @@ Clock = Callable[[], datetime]
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(slots=True)
@@ -209,7 +210,7 @@ class Ledger:
                     raise
         raise AssertionError("unreachable")
 
-    def ready(self) -> "Readiness":
+    def ready(self) -> Readiness:
         """Live check: the writer thread runs and the database file takes a write now."""
         from .ports import Readiness
 
@@ -231,7 +232,7 @@ class Ledger:
         self._writer.join(timeout=30)
         self.recorder.datastore.close()
 
-    def __enter__(self) -> "Ledger":
+    def __enter__(self) -> Ledger:
         return self
 
     def __exit__(self, *exc: object) -> None:

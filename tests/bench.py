@@ -17,14 +17,14 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
 from ledger.app import Ledger
-from ledger.chain import DOMAIN_TAG, GENESIS, EXPORT_FORMAT, FORMAT_VERSION, make_envelope
 from ledger.canonical import canonical_bytes_unchecked
+from ledger.chain import DOMAIN_TAG, EXPORT_FORMAT, FORMAT_VERSION, GENESIS, make_envelope
 from ledger.config import LedgerConfig
 from ledger.events import WalletBound
 
@@ -102,7 +102,7 @@ def write_synthetic_export(path: Path, n: int) -> list[bytes]:
     """A valid n-record export (hashes computed with the chain rules), written directly."""
     enc = msgspec.json.Encoder(order="sorted")
     prev = GENESIS
-    at = datetime(2026, 11, 29, 5, 0, tzinfo=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    at = datetime(2026, 11, 29, 5, 0, tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     canon: list[bytes] = []
     lines: list[bytes] = []
     for seq in range(1, n + 1):
@@ -131,8 +131,6 @@ def bench_sign_in(quick: bool) -> list[str]:
     reported on its own. `/healthz` req/s in the same run (wrk if installed, else httpx) gives the
     ratio. Returns the table rows of the "Sign-in (SIWE)" section."""
     import asyncio
-    import re
-    import shutil
     import signal
 
     import httpx
@@ -254,8 +252,6 @@ def bench_mint(quick: bool) -> list[str]:
     own overhead per mint is mint p50 minus STS p50, both at concurrency 1. Returns the rows of the
     "Mint (SQLite anchor, moto STS)" section."""
     import asyncio
-    import re
-    import shutil
     import signal
     from concurrent.futures import ThreadPoolExecutor
 
@@ -663,7 +659,7 @@ def main() -> int:
     args = ap.parse_args()
     quick = args.quick
     rows: list[str] = []
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
 
     # 1. group commit vs one transaction per append, same run
     threads, per = (16, 50) if quick else (32, 200)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from litestar import Request, post
-from litestar.params import JSONBody
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
+from litestar.params import JSONBody
 
-from ledger.siwe import SIWE_TTL_SECONDS
 from ledger.services.refusals import Refusal
+from ledger.siwe import SIWE_TTL_SECONDS
 
 from ..errors import ApiError, refusal_kind
-from .openapi_hooks import RetryAfterOperation
 from ..schemas import ErrorBody, SessionResponse, WalletStartRequest, WalletStartResponse, WalletVerifyRequest
+from .openapi_hooks import RetryAfterOperation
 
 _ERRORS = {
     400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Malformed body, address, signature or chain id"),

@@ -6,13 +6,10 @@ body and its signed canonical form (400 when it does not parse), calls the mint 
 
 from __future__ import annotations
 
-
 import msgspec
-
 from litestar import Request, post
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
-from .openapi_hooks import RetryAfterOperation
 
 from ledger.identity import normalize_address
 from ledger.services.mint import MintIntent, MintResult, canonical_signing_input
@@ -21,6 +18,7 @@ from ..auth.bearer import bearer_token, caller_of, verify_session
 from ..auth.session_jwt import looks_like_session_jwt
 from ..errors import ApiError
 from ..schemas import ErrorBody, MintRequestSchema, MintResponse
+from .openapi_hooks import RetryAfterOperation
 
 _ERRORS = {
     400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Malformed body or signature (invalid_agent_id, unknown_service, invalid_scope); stale issued_at"),

@@ -16,9 +16,9 @@ from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
-
 from ..errors import ApiError
 from ..schemas import ErrorBody
+
 
 # the quarantine use case's refusal reasons -> wire kinds (design §4, §8)
 class ResolveRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -15,8 +15,9 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from ..app import Ledger
 from ..events import AuthFailed, AuthSucceeded, EmailLinkRequested

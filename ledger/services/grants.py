@@ -20,7 +20,8 @@ import re
 import secrets
 import time
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 

@@ -19,8 +19,9 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from ..app import Ledger
 from ..events import AuthFailed, AuthSucceeded, OAuth2FlowStarted

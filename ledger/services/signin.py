@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from ..aggregates import AuthChallenge, ChallengeNotPending, WalletBinding
 from ..app import Ledger
@@ -131,7 +131,7 @@ class WalletSignIn:
         self.clock = clock
 
     def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock(), timezone.utc)
+        return datetime.fromtimestamp(self.clock(), UTC)
 
     # --- start ------------------------------------------------------------------------------
 

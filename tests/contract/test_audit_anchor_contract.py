@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 from web3.exceptions import ContractCustomError
 
 from anchors import chain_tools
-from ledger.audit import merkle
 from anchors.chain_tools import OnChainBatch
+from ledger.audit import merkle
 from tests.support_anvil import Anvil, anvil_module  # noqa: F401  (fixture)
 
 from .chains import make_chain

@@ -4,9 +4,7 @@ free loopback port), on real SQLite files."""
 from __future__ import annotations
 
 import os
-import socket
 import stat
-import threading
 import time
 import uuid
 from pathlib import Path

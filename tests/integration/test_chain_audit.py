@@ -22,10 +22,11 @@ import json
 import sqlite3
 import subprocess
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import msgspec
 import pytest
@@ -34,8 +35,8 @@ from anchors import chain_tools
 from anchors.chain_reader import ChainReader
 from anchors.proof_builder import verify_bundle_on_chain
 from ledger import audit
-from ledger.audit import merkle, proofs
 from ledger.app import Ledger
+from ledger.audit import merkle, proofs
 from ledger.chain import GENESIS, recompute_hash
 from ledger.config import LedgerConfig
 from ledger.events import WalletBound
@@ -47,7 +48,7 @@ pytestmark = pytest.mark.timeout(600)
 
 N = 30
 BATCHES = [(1, 1), (2, 8), (9, 16), (17, 29)]  # seq 30 stays unanchored (the broker has not got to it yet)
-T0 = datetime(2026, 11, 29, 5, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 29, 5, 0, 0, tzinfo=UTC)
 STREAMS = [uuid.UUID(int=0xC4A1_0000 + i) for i in range(4)]
 _ENC = msgspec.json.Encoder(order="sorted")
 

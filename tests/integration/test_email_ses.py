@@ -3,10 +3,8 @@ unready and refusing until the sender identity is verified, then the link arrive
 
 from __future__ import annotations
 
-import time
-
-import json
 import re
+import time
 import urllib.request
 from pathlib import Path
 

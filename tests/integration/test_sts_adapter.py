@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
+from api.config import BootFailure
 from api.moto_server import MotoServer, aws_client, bootstrap_dev_aws, dev_broker_env
 from api.sts import AssumeRoleRequest, BotoStsMinter, StartupCheckFailed, StsError, startup_check
 from api.sts_config import StsSettings, from_env
-from api.config import BootFailure
 from tests.support_moto import dev_aws, moto_endpoint, moto_server, sts_env  # noqa: F401 - fixtures
 
 WALLET = "0xAbC0000000000000000000000000000000000001"

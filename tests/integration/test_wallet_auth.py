@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import json
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -148,7 +148,7 @@ def test_unknown_request_id_is_401(live: LiveServer, client: httpx.Client) -> No
 
 
 def test_expired_challenge_is_401(tmp_path: Path) -> None:
-    now = [datetime.now(timezone.utc).timestamp()]
+    now = [datetime.now(UTC).timestamp()]
     with make_live(tmp_path, clock=lambda: now[0]) as live, httpx.Client(base_url=live.url, timeout=30) as client:
         w = Wallet()
         body = start(client, w)

@@ -5,9 +5,9 @@ whose asynchronous anchor has not confirmed it within the confirm deadline becom
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable, Sequence
+from datetime import UTC, datetime
 
 from ledger.aggregates import MintRequest, QuarantineCase
 from ledger.app import Ledger
@@ -21,7 +21,7 @@ class QuarantineResult:
 
 
 def _at(record_at: str) -> float:
-    return datetime.strptime(record_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(record_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def run(

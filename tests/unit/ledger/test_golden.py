@@ -18,7 +18,7 @@ import hashlib
 import json
 import sys
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,9 @@ GOLDEN_HEAD_HASH = "83c301623edd1cc6bff6ed48952576d5a21980dc50b5ca47465df0fd6a99
 STREAM_A = uuid.UUID("0b8f3c1e-1111-4d2e-9a55-7d4e0c2b9f10")
 STREAM_B = uuid.UUID("f00dcafe-2222-4abc-8def-0123456789ab")
 TIMES = [
-    datetime(2026, 11, 29, 5, 0, 0, 0, tzinfo=timezone.utc),
-    datetime(2026, 11, 29, 5, 0, 0, 123456, tzinfo=timezone.utc),
-    datetime(2026, 11, 29, 5, 0, 2, 500000, tzinfo=timezone.utc),
+    datetime(2026, 11, 29, 5, 0, 0, 0, tzinfo=UTC),
+    datetime(2026, 11, 29, 5, 0, 0, 123456, tzinfo=UTC),
+    datetime(2026, 11, 29, 5, 0, 2, 500000, tzinfo=UTC),
 ]
 
 
