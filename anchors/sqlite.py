@@ -46,7 +46,7 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS anchored (seq INTEGER PRIMARY KEY, hash TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS anchor_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    f"INSERT OR IGNORE INTO anchor_meta (key, value) VALUES ('format', '{FORMAT}')",
+    f"INSERT OR IGNORE INTO anchor_meta (key, value) VALUES ('format', '{FORMAT}')",  # noqa: S608  column list/format are module constants; values are bound parameters
 )
 
 T = TypeVar("T")

@@ -324,7 +324,7 @@ def _exec(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execvpe(cmd[0], cmd, env)
+        os.execvpe(cmd[0], cmd, env)  # noqa: S606  exec of the user's own command line is the purpose of this CLI
     except FileNotFoundError:
         raise CommandError(f"exec: command not found: {cmd[0]}", 127) from None
     except PermissionError:

@@ -65,7 +65,7 @@ class _Demo:
 
     def auditor(self, *args: str) -> subprocess.CompletedProcess:
         """An auditor's command, run as the auditor would (its own process, read-only)."""
-        out = subprocess.run([sys.executable, "-m", "workers.cli", *args], capture_output=True, text=True, timeout=300)
+        out = subprocess.run([sys.executable, "-m", "workers.cli", *args], capture_output=True, text=True, timeout=300)  # noqa: S603  fixed argv built by this module, no shell
         if out.returncode != 0:
             detail = (out.stdout + out.stderr).strip().splitlines()
             raise _Failed(f"`agentkeys-broker {' '.join(args[:2])}` exited {out.returncode}: "

@@ -33,7 +33,7 @@ DEV_ROLE_NAME = "agentkeys-data-role"
 DEV_BUCKET = "agentkeys-dev"
 DEV_REGION = "us-east-1"
 DEV_ACCESS_KEY_ID = "testing"  # moto accepts any keys; these never leave the machine
-DEV_SECRET_ACCESS_KEY = "testing"
+DEV_SECRET_ACCESS_KEY = "testing"  # noqa: S105  moto dev credential, accepted by any local moto; never a real secret
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
@@ -95,7 +95,7 @@ class MotoServer:
         else:
             out = subprocess.DEVNULL
         try:
-            process = subprocess.Popen(
+            process = subprocess.Popen(  # noqa: S603  fixed argv built by this module, no shell
                 [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,  # Ctrl-C in a terminal reaches the parent only; it stops us
@@ -126,7 +126,7 @@ class MotoServer:
             delay = min(delay * 1.5, 0.2)
 
     def _request(self, method: str, path: str, body: bytes | None = None, timeout: float = 5.0) -> bytes:
-        req = urllib.request.Request(self.endpoint + path, data=body, method=method,
+        req = urllib.request.Request(self.endpoint + path, data=body, method=method,  # noqa: S310  URL is the configured local http endpoint, not user input
                                      headers={"Content-Type": "text/plain"})
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback only
             return resp.read()

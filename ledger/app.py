@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from .aggregates import Aggregate
 from .canonical import validate
@@ -29,6 +29,9 @@ from .config import LedgerConfig
 from .errors import ConcurrencyConflict, InvalidEventError, LedgerUnavailable
 from .events import Event, decode_event
 from .store import ChainedSQLiteRecorder, PendingAppend, StreamAppend, open_recorder
+
+if TYPE_CHECKING:
+    from .ports import Readiness
 
 log = logging.getLogger("agentkeys.ledger")
 
@@ -140,7 +143,7 @@ class Ledger:
                 r.future.set_exception(err)
             return
         self._head = head
-        for r, result in zip(batch, results):
+        for r, result in zip(batch, results, strict=False):
             if isinstance(result, Exception):
                 r.future.set_exception(result)
             else:

@@ -114,7 +114,7 @@ def bulk_insert_ignore(conn: Connection, table: sa.Table, rows: Sequence[tuple[A
         conn.exec_driver_sql(sql, list(rows))
     else:
         names = [c.name for c in table.columns]
-        conn.exec_driver_sql(sql, [dict(zip(names, r)) for r in rows])
+        conn.exec_driver_sql(sql, [dict(zip(names, r, strict=False)) for r in rows])
 
 
 def insert_ignore(conn: Connection, table: sa.Table) -> Any:

@@ -305,7 +305,7 @@ def bench_mint(quick: bool) -> list[str]:
             wallets = [Wallet() for _ in range(max(budget))]
             with httpx.Client(base_url=url, timeout=60) as c:
                 sessions = [sign_in(c, w)["session_jwt"] for w in wallets]
-                for w, jwt in zip(wallets[:4], sessions[:4]):  # warm-up: first mints (STS client, anchor)
+                for w, jwt in zip(wallets[:4], sessions[:4], strict=False):  # warm-up: first mints (STS client, anchor)
                     r = c.post("/v1/mint-aws-creds", json=signed_mint_body(w), headers={"Authorization": f"Bearer {jwt}"})
                     assert r.status_code == 200, r.text
 

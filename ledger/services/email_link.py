@@ -120,7 +120,7 @@ class EmailLinkService:
                     detail="magic link expired (>10min after issued_at)"))
                 raise SignInRefused("challenge_expired", "magic link expired (>10min after issued_at)") from None
             raise SignInRefused(exc.reason, "magic link unknown or already consumed") from None
-        assert isinstance(started, EmailLinkRequested)
+        assert isinstance(started, EmailLinkRequested)  # noqa: S101  type narrowing of an invariant established just above
         if request_id is not None and not hmac.compare_digest(request_id.encode(), own_id.encode()):
             await append_outcome(self.ledger, request, AuthFailed(
                 method=METHOD, request_id=own_id, reason="request_id_mismatch",

@@ -152,7 +152,7 @@ def _settle_authorization(ledger: Ledger, record: ChainRecord, positions: Mappin
     reason_detail = "interrupted"
     if kind == "mint":
         def decide_mint(agg: object) -> Event | None:
-            assert isinstance(agg, MintRequest)
+            assert isinstance(agg, MintRequest)  # noqa: S101  type narrowing of an invariant established just above
             if agg.withheld is not None or agg.unconfirmed is not None:
                 return None
             if missing:
@@ -162,7 +162,7 @@ def _settle_authorization(ledger: Ledger, record: ChainRecord, positions: Mappin
         written = _append(ledger, MintRequest, stream, decide_mint)
     else:
         def decide_session(agg: object) -> Event | None:
-            assert isinstance(agg, AuthChallenge)
+            assert isinstance(agg, AuthChallenge)  # noqa: S101  type narrowing of an invariant established just above
             if agg.withheld is not None or agg.unconfirmed is not None:
                 return None
             if missing:
@@ -179,7 +179,7 @@ def _settle_request(ledger: Ledger, record: ChainRecord, role_arn_for: Callable[
     data = record.data
 
     def decide(agg: object) -> Event | None:
-        assert isinstance(agg, MintRequest)
+        assert isinstance(agg, MintRequest)  # noqa: S101  type narrowing of an invariant established just above
         if agg.authorized is not None or agg.unreleased is not None or agg.denied is not None:
             return None
         return MintUnreleased(

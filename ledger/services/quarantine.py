@@ -160,7 +160,7 @@ class QuarantineService:
                                        reason=f"re-anchored: {', '.join(case.opened.missing_anchors)} confirmed "
                                               f"seq {seq} (requested by {last.operator})")
             try:
-                _, written = self.ledger.execute(QuarantineCase, case.stream, lambda agg: agg.resolve(event))
+                _, written = self.ledger.execute(QuarantineCase, case.stream, lambda agg: agg.resolve(event))  # noqa: B023  lambda runs synchronously inside this iteration
             except CaseRefused:
                 continue
             if written:

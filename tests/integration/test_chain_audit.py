@@ -598,7 +598,7 @@ def test_reader_chunks_and_falls_back_without_batch_requests(env: Env, w3: Any, 
     single = list(reader.batches(env.contract))
     assert batched == single
     assert [(b.index, b.first_seq, b.last_seq) for b in single] == [(i, lo, hi) for i, (lo, hi) in enumerate(BATCHES)]
-    for b, (lo, hi) in zip(single, BATCHES):
+    for b, (lo, hi) in zip(single, BATCHES, strict=False):
         hashes = [r["hash"] for r in env.records[lo - 1 : hi]]
         assert b.root == merkle.root(merkle.leaves_from_record_hashes(hashes))
         assert b.chain_head.hex() == hashes[-1]

@@ -62,7 +62,7 @@ def run(
                 wallet=record.data["wallet"], reason="anchor_deadline", missing_anchors=missing,
                 expiration=record.data["expiration"],
             )
-            _, written = ledger.execute(QuarantineCase, QuarantineCase.stream_for(record.seq), lambda agg: agg.open(event))
+            _, written = ledger.execute(QuarantineCase, QuarantineCase.stream_for(record.seq), lambda agg: agg.open(event))  # noqa: B023  lambda runs synchronously inside this iteration
             if written:
                 opened.append(event.case_id)
     return QuarantineResult(scanned, opened)

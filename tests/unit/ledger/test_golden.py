@@ -140,7 +140,7 @@ def test_canonical_bytes_and_hashes_are_pinned() -> None:
     canonical = golden_canonical()
     assert len(records) == len(canonical) == GOLDEN_HEAD_SEQ
     prev = GENESIS
-    for seq, (record, pinned) in enumerate(zip(records, canonical), start=1):
+    for seq, (record, pinned) in enumerate(zip(records, canonical, strict=False), start=1):
         env = envelope(record)
         assert (record["seq"], record["v"], record["prev"]) == (seq, 1, prev)
         assert canonical_bytes(env) == pinned
@@ -152,14 +152,14 @@ def test_canonical_bytes_and_hashes_are_pinned() -> None:
 def test_cross_check_with_rfc8785_and_hashlib() -> None:
     """Independent of the project's encoder and chain module: the reference RFC 8785
     implementation and a literal domain tag."""
-    for record, pinned in zip(golden_records(), golden_canonical()):
+    for record, pinned in zip(golden_records(), golden_canonical(), strict=False):
         env = envelope(record)
         assert rfc8785.dumps(env) == pinned
         assert hashlib.sha256(b"agentkeys.ledger.v1\x00" + pinned).hexdigest() == record["hash"]
 
 
 def test_export_lines_are_sorted_canonical_json_with_the_hash() -> None:
-    for line, record in zip(golden_lines()[1:], golden_records()):
+    for line, record in zip(golden_lines()[1:], golden_records(), strict=False):
         assert line == rfc8785.dumps(record)
 
 
