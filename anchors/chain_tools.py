@@ -142,7 +142,9 @@ def deploy(
     """Deploy `AuditAnchor(submitter, start_seq)` from `deployer` (who becomes the owner).
     Raises RuntimeError if the deployment transaction failed."""
     factory = w3.eth.contract(abi=abi(), bytecode=bytecode())
-    receipt = send_transaction(w3, deployer, factory.constructor(w3.to_checksum_address(submitter), start_seq), timeout_s=timeout_s)
+    receipt = send_transaction(
+        w3, deployer, factory.constructor(w3.to_checksum_address(submitter), start_seq), timeout_s=timeout_s
+    )
     if receipt["status"] != 1 or not receipt.get("contractAddress"):
         raise RuntimeError(f"AuditAnchor deployment failed: {receipt!r}")
     address = receipt["contractAddress"]

@@ -46,7 +46,8 @@ def healthz() -> str:
     "/readyz",
     summary="Readiness of every configured dependency",
     tags=["status"],
-    responses={503: ResponseSpec(data_container=ReadinessBody, generate_examples=False, description="A required dependency is unready")},
+    responses={503: ResponseSpec(data_container=ReadinessBody, generate_examples=False, description="A required dependency is "
+                                                                                                    "unready")},
     sync_to_thread=False,
 )
 def readyz(state: State) -> Response[ReadinessBody]:
@@ -115,7 +116,8 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
         openapi_config=OpenAPIConfig(
             title="AgentKeys Broker",
             version="0.1.0",
-            description="Short-lived AWS credentials for agents and daemons, released only after the audit anchors confirm the ledger event.",
+            description="Short-lived AWS credentials for agents and daemons, released only after the audit anchors confirm the "
+                        "ledger event.",
             path="/schema",
             use_handler_docstrings=True,
             render_plugins=render_plugins,

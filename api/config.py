@@ -332,7 +332,8 @@ def _issuer(env: Mapping[str, str], dev_mode: bool) -> str:
     if raw is None or not raw.strip():
         raise BootFailure("BROKER_OIDC_ISSUER", None, "required: the broker's public base URL", "oidc-issuer")
     issuer = raw.strip().rstrip("/")
-    if not (issuer.startswith("https://") or issuer.startswith("http://")) or "://" not in issuer or not issuer.split("://", 1)[1]:
+    if (not (issuer.startswith("https://") or issuer.startswith("http://"))
+            or "://" not in issuer or not issuer.split("://", 1)[1]):
         raise BootFailure("BROKER_OIDC_ISSUER", raw, "must be an absolute https:// URL", "oidc-issuer")
     if issuer.startswith("http://") and not dev_mode:
         raise BootFailure("BROKER_OIDC_ISSUER", raw,

@@ -16,7 +16,7 @@ positions, the last fee-payer probe). The release histogram is fed by the releas
 | `agentkeys_projection_lag_records` | `projection` | ledger head − the projection's position |
 | `agentkeys_fee_payer_balance_wei` | | the last readiness probe's balance (absent before one finished) |
 | `agentkeys_sts_errors_total` | `code` | `MintDenied{reason: sts_error}` by AWS error code |
-"""
+"""  # noqa: E501  a markdown table row cannot wrap
 
 from __future__ import annotations
 

@@ -15,11 +15,14 @@ from ..schemas import ErrorBody, SessionResponse, WalletStartRequest, WalletStar
 from .openapi_hooks import RetryAfterOperation
 
 _ERRORS = {
-    400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Malformed body, address, signature or chain id"),
-    401: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Challenge unknown, consumed or expired; signature does not match"),
+    400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Malformed body, address, signature or "
+                                                                                     "chain id"),
+    401: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Challenge unknown, consumed or expired; "
+                                                                                     "signature does not match"),
     413: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Body too large"),
     429: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Rate limited (see Retry-After)"),
-    503: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Anchors did not confirm the session in time; nothing released"),
+    503: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Anchors did not confirm the session in "
+                                                                                     "time; nothing released"),
 }
 
 

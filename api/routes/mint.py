@@ -21,15 +21,25 @@ from ..schemas import ErrorBody, MintRequestSchema, MintResponse
 from .openapi_hooks import RetryAfterOperation
 
 _ERRORS = {
-    400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Malformed body or signature (invalid_agent_id, unknown_service, invalid_scope); stale issued_at"),
-    401: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Session JWT invalid; signature not by the session's wallet"),
-    403: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="No usable grant (reason: no_grant, grant_revoked, grant_expired, grant_exhausted, scope_not_granted, agent_not_granted), or the grant's master no longer owns the scope (scope_not_owned, not_enrolled; re-checked at every mint)"),
-    409: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="request_id already used by this wallet (reason: request_replayed)"),
+    400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Malformed body or signature "
+                                                                                     "(invalid_agent_id, unknown_service, "
+                                                                                     "invalid_scope); stale issued_at"),
+    401: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Session JWT invalid; signature not by the "
+                                                                                     "session's wallet"),
+    403: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="No usable grant (reason: no_grant, "
+                                                                                     "grant_revoked, grant_expired, "
+                                                                                     "grant_exhausted, scope_not_granted, "
+                                                                                     "agent_not_granted), or the grant's master "
+                                                                                     "no longer owns the scope (scope_not_owned, "
+                                                                                     "not_enrolled; re-checked at every mint)"),
+    409: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="request_id already used by this wallet "
+                                                                                     "(reason: request_replayed)"),
     413: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Body too large"),
     429: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Too many mints for this account, "
                       "or too many failed signatures from this address or for this wallet (Retry-After)"),
     502: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="STS refused or unreachable (sts_error)"),
-    503: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Anchors did not confirm in time; nothing released (anchor_unavailable)"),
+    503: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Anchors did not confirm in time; nothing "
+                                                                                     "released (anchor_unavailable)"),
 }
 
 
