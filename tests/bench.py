@@ -184,7 +184,9 @@ def bench_sign_in(quick: bool) -> list[str]:
                     ts = time.perf_counter()
                     sig = "0x" + bytes(acct.sign_message(encode_defunct(text=challenge["siwe_message"])).signature).hex()
                     te = time.perf_counter()
-                    r = await client.post("/v1/auth/wallet/verify", json={"request_id": challenge["request_id"], "signature": sig})
+                    r = await client.post(
+                        "/v1/auth/wallet/verify", json={"request_id": challenge["request_id"], "signature": sig}
+                    )
                     assert r.status_code == 200 and r.json()["anchored"] == ["sqlite"], r.text
                     if record:
                         signing[0] += te - ts
@@ -233,7 +235,9 @@ def bench_sign_in(quick: bool) -> list[str]:
                     f"p99 {pct(lat, 0.99):.1f} ms; client signing {sign_s * 1000:.2f} ms of each |")
     rows.append(f"| client-side EIP-191 signing alone (eth-account, one core) | {sign_rate:,.0f} signatures/s "
                 f"({1000 / sign_rate:.2f} ms each) | {n_sign:,} signatures |")
-    rows.append(f"| `GET /healthz` on the same broker ({health_tool}, {health_seconds} s) | {health_rate:,.0f} req/s | same run |")
+    rows.append(
+        f"| `GET /healthz` on the same broker ({health_tool}, {health_seconds} s) | {health_rate:,.0f} req/s | same run |"
+    )
     rows.append(f"| `/healthz` requests per sign-in at concurrency 16 | {health_rate / results[16][0]:.1f}x | same run |")
     for row in rows:
         print(row, file=sys.stderr)
@@ -390,7 +394,9 @@ def bench_mint(quick: bool) -> list[str]:
                     f"p99 {pct(lat, 0.99):.1f} ms |")
     overhead = pct(results[1][1], 0.5) - pct(sts_results[1][1], 0.5)
     rows.append(f"| broker overhead per mint at concurrency 1 (mint p50 - AssumeRole p50) | **{overhead:.1f} ms** | same run |")
-    rows.append(f"| `GET /healthz` on the same broker ({health_tool}, {health_seconds} s) | {health_rate:,.0f} req/s | same run |")
+    rows.append(
+        f"| `GET /healthz` on the same broker ({health_tool}, {health_seconds} s) | {health_rate:,.0f} req/s | same run |"
+    )
     for row in rows:
         print(row, file=sys.stderr)
     return rows
@@ -586,7 +592,7 @@ def bench_evm(quick: bool) -> list[str]:
             mined = [b for b in batches if b[4] is not None]
             assert [(b[0], b[1]) for b in mined] == [(b.first_seq, b.last_seq) for b in on_chain][:len(mined)]
             gas = {}
-            for first, last, status, tx_hash, block, gas_used in mined:
+            for first, _last, _status, tx_hash, _block, gas_used in mined:
                 if gas_used is None:  # not yet recorded: the receipt has it
                     gas_used = int(w3.eth.get_transaction_receipt(tx_hash)["gasUsed"])
                 gas[first] = int(gas_used)
@@ -638,9 +644,12 @@ def bench_evm(quick: bool) -> list[str]:
     rows.append(f"| mints per block during the load | **{n / span:.1f} mints per block** ({load_records / span:.1f} records "
                 f"anchored per block) | blocks {min(blocks)}..{max(blocks)}: {span} blocks, {len(blocks)} with a batch "
                 f"(at most one batch in flight) |")
-    rows.append(f"| gas per anchored event, batched (anchor-tx gas / records, batches of the load) | **{per_event:,.0f} gas** "
-                f"| {load_gas:,} gas / {load_records:,} records ({load_gas / n:,.0f} gas per mint); whole run {all_gas / all_records:,.0f} gas/event "
-                f"({all_gas:,} / {all_records:,}, {len(mined)} batches incl. sign-ins) |")
+    rows.append(
+        f"| gas per anchored event, batched (anchor-tx gas / records, batches of the load) | **{per_event:,.0f} gas** "
+        f"| {load_gas:,} gas / {load_records:,} records ({load_gas / n:,.0f} gas per mint); whole run "
+        f"{all_gas / all_records:,.0f} gas/event "
+        f"({all_gas:,} / {all_records:,}, {len(mined)} batches incl. sign-ins) |"
+    )
     rows.append(f"| gas of one `anchor()` per event (one-record batch, same anvil, second contract) | {ref_gas_one:,.0f} gas "
                 f"| median of {n_ref} one-record anchors in a row ({', '.join(f'{g:,}' for g in ref_gas)}) |")
     verdict = "meets" if ratio >= 100 else "misses"
@@ -665,8 +674,14 @@ def main() -> int:
     threads, per = (16, 50) if quick else (32, 200)
     grouped = statistics.median(bench_appends(threads, per, 256) for _ in range(3))
     single = statistics.median(bench_appends(threads, per, 1) for _ in range(3))
-    rows.append(f"| ledger append, {threads} concurrent writers, group commit (batch_max=256) | **{grouped:,.0f} events/s** | median of 3 |")
-    rows.append(f"| ledger append, {threads} concurrent writers, one transaction per append (batch_max=1) | **{single:,.0f} events/s** | median of 3 |")
+    rows.append(
+        f"| ledger append, {threads} concurrent writers, group commit (batch_max=256) | **{grouped:,.0f} events/s** | median "
+        f"of 3 |"
+    )
+    rows.append(
+        f"| ledger append, {threads} concurrent writers, one transaction per append (batch_max=1) | **{single:,.0f} "
+        f"events/s** | median of 3 |"
+    )
     rows.append(f"| group commit speed-up | **{grouped / single:.1f}x** | same run |")
     print(rows[-1], file=sys.stderr)
 
@@ -686,7 +701,10 @@ def main() -> int:
         dt = time.perf_counter() - t0
         assert out.returncode == 0, out.stderr
         verify_rate = n / dt
-    rows.append(f"| `audit verify --export` on {n:,} events (whole command, incl. start-up and parsing) | **{verify_rate:,.0f} events/s** ({dt:.2f} s) | one run |")
+    rows.append(
+        f"| `audit verify --export` on {n:,} events (whole command, incl. start-up and parsing) | **{verify_rate:,.0f} "
+        f"events/s** ({dt:.2f} s) | one run |"
+    )
     rows.append(f"| plain `hashlib.sha256` over the same records' canonical bytes | {sha_rate:,.0f} records/s | same run |")
     rows.append(f"| verify cost relative to bare hashing | {sha_rate / verify_rate:.1f}x | same run |")
     print(rows[-3], file=sys.stderr)
@@ -696,8 +714,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         db = Path(d) / "ledger.sqlite"
         led = Ledger(LedgerConfig(db))
-        futures = [led.submit(uuid.uuid4(), 0, [WalletBound(omni_account=f"{i % 997:064x}", address=f"0x{i:040x}", role="master")])
-                   for i in range(m)]
+        futures = [
+            led.submit(uuid.uuid4(), 0, [WalletBound(omni_account=f"{i % 997:064x}", address=f"0x{i:040x}", role="master")])
+            for i in range(m)
+        ]
         for f in futures:
             f.result()
         led.close()
@@ -706,7 +726,10 @@ def main() -> int:
         out = subprocess.run([str(cli), "projections", "rebuild", "wallets", "--db", str(db)], capture_output=True, text=True)
         dt = time.perf_counter() - t0
         assert out.returncode == 0, out.stderr
-    rows.append(f"| `projections rebuild wallets` from a {m:,}-event ledger (whole command) | **{m / dt:,.0f} events/s** ({dt:.2f} s) | one run |")
+    rows.append(
+        f"| `projections rebuild wallets` from a {m:,}-event ledger (whole command) | **{m / dt:,.0f} events/s** ({dt:.2f} s) "
+        f"| one run |"
+    )
     print(rows[-1], file=sys.stderr)
 
     # 4. sign-in (SIWE) over real HTTP

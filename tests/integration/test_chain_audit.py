@@ -117,7 +117,9 @@ def deploy(w3: Any, node: Anvil, start_seq: int = 1) -> Any:
     return chain_tools.deploy(w3, owner, submitter.address, start_seq).contract
 
 
-def anchor_batches(w3: Any, node: Anvil, contract: Any, records: list[dict[str, Any]], bounds: list[tuple[int, int]]) -> list[Any]:
+def anchor_batches(
+    w3: Any, node: Anvil, contract: Any, records: list[dict[str, Any]], bounds: list[tuple[int, int]]
+) -> list[Any]:
     """Anchor each (first, last) batch of `records` as the broker would; returns the receipts."""
     by_seq = {r["seq"]: r for r in records}
     receipts = []
@@ -364,9 +366,12 @@ def test_prove_refuses_a_ledger_that_no_longer_matches_the_chain(env: Env) -> No
     # content changed in the SQLite ledger itself (hashes untouched): the record no longer matches its hash
     with sqlite3.connect(env.db) as conn:
         stream, version = conn.execute("SELECT stream, version FROM ledger_records WHERE seq = 5").fetchone()
-        state = json.loads(conn.execute(
-            "SELECT state FROM stored_events WHERE originator_id = ? AND originator_version = ?", (stream.replace("-", ""), version)
-        ).fetchone()[0])
+        state = json.loads(
+            conn.execute(
+                "SELECT state FROM stored_events WHERE originator_id = ? AND originator_version = ?",
+                (stream.replace("-", ""), version),
+            ).fetchone()[0]
+        )
         state["data"]["role"] = "daemon"
         conn.execute(
             "UPDATE stored_events SET state = ? WHERE originator_id = ? AND originator_version = ?",

@@ -259,9 +259,15 @@ def test_grant_create_refusals(broker: Broker) -> None:
     assert broker.client.post("/v1/grant/create", json=body, headers=auth(jwt)).status_code == 200
     assert broker.client.post("/v1/grant/create", json=body).status_code == 401
     assert broker.client.post("/v1/grant/create", json={**body, "expires_at": 1}, headers=auth(jwt)).status_code == 400
-    assert broker.client.post("/v1/grant/create", json={**body, "scope_path": "agentkeys-dev/*"}, headers=auth(jwt)).status_code == 400
+    assert (
+        broker.client.post("/v1/grant/create", json={**body, "scope_path": "agentkeys-dev/*"}, headers=auth(jwt)).status_code
+        == 400
+    )
     assert broker.client.post("/v1/grant/create", json={**body, "max_uses": 0}, headers=auth(jwt)).status_code == 400
-    assert broker.client.post("/v1/grant/create", json={**body, "daemon_address": master.address}, headers=auth(jwt)).status_code == 400
+    assert (
+        broker.client.post("/v1/grant/create", json={**body, "daemon_address": master.address}, headers=auth(jwt)).status_code
+        == 400
+    )
 
 
 @pytest.mark.parametrize("case", ["revoked", "expired", "exhausted", "other_service", "other_daemon", "scope"])

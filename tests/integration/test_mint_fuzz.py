@@ -59,7 +59,7 @@ from tests.support import LiveServer, Wallet, broker_env, ns, omni_of, remember_
 
 FUZZ_MASTER = Wallet(bytes.fromhex("11" * 32))  # fixed, so the strategies can name its namespace
 FUZZ_MASTER_OMNI = omni_of(FUZZ_MASTER)
-from tests.support_moto import sts_env
+from tests.support_moto import sts_env  # noqa: E402  after the module-level hypothesis settings/strategies above
 
 MINT = "/v1/mint-aws-creds"
 BODY_LIMIT = 65536

@@ -308,7 +308,7 @@ def test_moto_server_lifecycle_and_bootstrap(tmp_path: Any) -> None:
 
 def test_moto_server_refuses_non_loopback() -> None:
     with pytest.raises(ValueError, match="loopback"):
-        MotoServer.start(host="0.0.0.0")
+        MotoServer.start(host="0.0.0.0")  # noqa: S104  the test checks that a non-loopback host is refused
 
 
 def test_reset_fixture_gives_a_clean_server(moto_endpoint: str) -> None:
