@@ -335,7 +335,7 @@ class EvmStore:
                 (first, last, root, chain_head, status, tx.tx_hash if tx else tx_hash, block_number, block_hash,
                  tx.nonce if tx else None, now, now),
             )
-            batch_id = int(cur.lastrowid)
+            batch_id = int(cur.lastrowid)  # type: ignore[arg-type]  # set after a successful INSERT
             if tx is not None:
                 _insert_tx(c, tx, batch_id)
             return batch_id

@@ -122,7 +122,7 @@ class Metrics:
                                  registry=self.registry)
         self.sts_errors = Counter("agentkeys_sts_errors_total", "STS refusals recorded in the ledger", ["code"],
                                   registry=self.registry)
-        self.registry.register(_Gauges(sample))  # type: ignore[arg-type]  (a duck-typed collector)
+        self.registry.register(_Gauges(sample))  # type: ignore[arg-type]  # a duck-typed collector
         self._read = read
         self._lock = threading.Lock()
         self._after = head_seq()  # count what is written from now on

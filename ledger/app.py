@@ -46,7 +46,7 @@ def utc_now() -> datetime:
 @dataclass(slots=True)
 class _Request:
     pending: PendingAppend
-    future: Future
+    future: Future[list[ChainRecord]]
 
 
 _STOP = object()
@@ -59,7 +59,7 @@ class Ledger:
         config.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.recorder: ChainedSQLiteRecorder = open_recorder(str(config.db_path), lock_timeout_s=config.lock_timeout_s)
         self._head = self.recorder.check_head()
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         self._listeners: list[Callable[[ChainHead], None]] = []
         self._listeners_lock = threading.Lock()
         self._closed = False
@@ -68,11 +68,11 @@ class Ledger:
 
     # --- writing ----------------------------------------------------------------------------
 
-    def submit(self, stream: uuid.UUID, expected_version: int, events: Sequence[Event]) -> Future:
+    def submit(self, stream: uuid.UUID, expected_version: int, events: Sequence[Event]) -> Future[list[ChainRecord]]:
         """Queue an append; the future resolves to its `ChainRecord`s or raises."""
         return self.submit_many([(stream, expected_version, events)])
 
-    def submit_many(self, parts: Sequence[tuple[uuid.UUID, int, Sequence[Event]]]) -> Future:
+    def submit_many(self, parts: Sequence[tuple[uuid.UUID, int, Sequence[Event]]]) -> Future[list[ChainRecord]]:
         """Queue one atomic append across several streams: every part commits, or none does (a
         concurrency conflict on any part fails the whole append). Records come back in order."""
         if self._closed:
@@ -92,7 +92,7 @@ class Ledger:
                 validate(data, f"{event.type_name}")
                 items.append((event.type_name, data, at))
             stream_parts.append(StreamAppend(stream, expected_version, tuple(items)))
-        future: Future = Future()
+        future: Future[list[ChainRecord]] = Future()
         self._queue.put(_Request(PendingAppend(tuple(stream_parts)), future))
         return future
 

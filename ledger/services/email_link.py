@@ -17,7 +17,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from ..app import Ledger
 from ..events import AuthFailed, AuthSucceeded, EmailLinkRequested
@@ -26,7 +26,7 @@ from ..ports import Clock, EmailDeliveryError, EmailMessage, EmailSender, Limite
 from ..signin_request import SignInNotPending, SignInRequest
 from .signin_requests import SignInRefused, append_outcome, sha256_hex
 
-METHOD = "email_link"
+METHOD: Final = "email_link"
 LINK_TTL_S = 600
 TOKEN_BYTES = 32  # 256-bit token, 43 base64url characters
 REQUEST_ID_DOMAIN = b"agentkeys.email_link.v1\x00"

@@ -72,6 +72,7 @@ from ..ports import (
     AssumeRoleRequest,
     Clock,
     CredentialMinter,
+    GrantCandidate,
     GrantLookup,
     IssuedCredentials,
     LedgerSpace,
@@ -512,7 +513,7 @@ class MintService:
         """The grant this request mints against, decided on the aggregate; or (None, None) for an
         implicit self-mint when grants are not required."""
         intent = ctx.intent
-        candidates: Sequence = self.grants.for_daemon(ctx.wallet, intent.service)
+        candidates: Sequence[GrantCandidate] = self.grants.for_daemon(ctx.wallet, intent.service)
         now = int(self.clock())
         refusal: tuple[str, str] | None = None
         for row in candidates:

@@ -16,6 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from ..aggregates import AuthChallenge, ChallengeNotPending, WalletBinding
 from ..app import Ledger
@@ -29,7 +30,7 @@ from ..siwe import SIWE_TTL_SECONDS, build_message, new_nonce, new_request_id, v
 from .refusals import Refusal
 from .release import ReleasePath, WithheldAppend
 
-METHOD = "wallet_sig"
+METHOD: Final = "wallet_sig"
 
 
 @dataclass(frozen=True)

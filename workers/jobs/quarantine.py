@@ -38,7 +38,8 @@ def run(
     positions = {name: upto() for name, upto in async_anchors}
     start = min(positions.values())
     cutoff = now() - deadline_s
-    scanned, opened = 0, []
+    scanned = 0
+    opened: list[str] = []
     after = start
     while True:
         records = ledger.read(after, page)
