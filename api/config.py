@@ -505,7 +505,7 @@ class BrokerConfig:
             raw = _get(env, name)
             return Path(raw).expanduser() if raw else data_dir / default_name
 
-        home = Path(env.get("HOME") or ".")
+        home_dir = Path(env.get("HOME") or ".")
         anchors = _anchors(env)
         policy = (_get(env, "BROKER_AUDIT_POLICY") or "").strip()
         if policy not in POLICIES:
@@ -521,7 +521,7 @@ class BrokerConfig:
 
         def keypath(name: str, default_name: str) -> Path:
             raw = _get(env, name)
-            return Path(raw).expanduser() if raw else home / ".agentkeys" / "broker" / default_name
+            return Path(raw).expanduser() if raw else home_dir / ".agentkeys" / "broker" / default_name
 
         oidc_path = keypath("BROKER_OIDC_KEYPAIR_PATH", "oidc-keypair.json")
         session_path = keypath("BROKER_SESSION_KEYPAIR_PATH", "session-keypair.json")

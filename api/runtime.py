@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from anchors.sqlite import SQLiteAnchor
@@ -42,7 +43,7 @@ from projections.runner import ProjectionRunner
 from .auth.session_jwt import SessionSigner
 from .client_ip import client_ip
 from .config import BootFailure, BrokerConfig
-from .keys import KeyFileError, Keyring, load_keyring
+from .keys import KeyFileError, Keyring, Purpose, load_keyring
 from .legacy import LegacyBackend
 from .probes import Probe, ProbeRunner, sts_interval
 from .ratelimit import RateLimiter
@@ -106,10 +107,11 @@ FIRST_PROBES_WAIT_S = 3.0
 
 def _load_keys(config: BrokerConfig) -> tuple[Keyring, Keyring]:
     out = []
-    for var, path, purpose in (
+    slots: tuple[tuple[str, Path, Purpose], ...] = (
         ("BROKER_OIDC_KEYPAIR_PATH", config.oidc_keypair_path, "oidc"),
         ("BROKER_SESSION_KEYPAIR_PATH", config.session_keypair_path, "session"),
-    ):
+    )
+    for var, path, purpose in slots:
         try:
             out.append(load_keyring(path, purpose))
         except KeyFileError as exc:
@@ -638,7 +640,7 @@ class Services:
         mint): the last background probe result, None while unknown. Same as `probes.latest`."""
         return self.probes.latest(check)
 
-    def _keys_ready(self, keyring: Keyring, purpose: str) -> Readiness:
+    def _keys_ready(self, keyring: Keyring, purpose: Purpose) -> Readiness:
         """The key file on disk still loads with the same active key (a deleted, re-permissioned
         or swapped file turns this unready; the loaded key keeps signing meanwhile)."""
         path = self.config.session_keypair_path if purpose == "session" else self.config.oidc_keypair_path

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .aggregates import Aggregate
 from .canonical import validate
@@ -59,7 +59,7 @@ class Ledger:
         config.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.recorder: ChainedSQLiteRecorder = open_recorder(str(config.db_path), lock_timeout_s=config.lock_timeout_s)
         self._head = self.recorder.check_head()
-        self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # _Request items and the _STOP sentinel
         self._listeners: list[Callable[[ChainHead], None]] = []
         self._listeners_lock = threading.Lock()
         self._closed = False

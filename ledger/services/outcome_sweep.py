@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from ..aggregates import AuthChallenge, MintRequest
 from ..app import Ledger
@@ -122,7 +123,7 @@ def _append(ledger: Ledger, cls: type, stream: uuid.UUID, decide: Callable[[obje
     returns None (already settled) or a live request settled it meanwhile."""
     for _ in range(3):
         try:
-            agg = ledger.load(cls, stream)
+            agg: Any = ledger.load(cls, stream)
         except LedgerError as exc:  # a stream of an unexpected shape: leave it, say so, go on
             log.error("outcome sweep: cannot load %s %s: %s", cls.__name__, stream, exc)
             return False

@@ -43,7 +43,7 @@ log = logging.getLogger("agentkeys.release")
 WithheldAppend = tuple[uuid.UUID, int, Sequence[Event]]
 
 
-def _log_failed_withheld(future: Future[object]) -> None:
+def _log_failed_withheld(future: Future[list[Record]]) -> None:
     exc = future.exception()
     if exc is not None:
         log.error("could not record the cancelled outcome (the outcome sweep will): %s", exc)
