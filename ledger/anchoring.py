@@ -164,10 +164,16 @@ class ConfirmationWaiter:
             watch = self._watches.get(key)
             if watch is not None and watch.ref() is anchor:
                 return watch
+            def forget(r: object, key: int = key) -> None:
+                self._forget(key, r)
+
+            def keep(anchor: Anchor = anchor) -> Anchor:
+                return anchor
+
             try:
-                ref: Callable[[], Any] = weakref.ref(anchor, lambda r, key=key: self._forget(key, r))
+                ref: Callable[[], Any] = weakref.ref(anchor, forget)
             except TypeError:  # not weak-referenceable: keep it alive with the watch
-                ref = lambda anchor=anchor: anchor  # noqa: E731
+                ref = keep
             watch = _Watch(ref, anchor.name)
             self._watches[key] = watch
             return watch
@@ -363,7 +369,8 @@ class AnchorPump:
 
     def backoff_s(self, failures: int) -> float:
         """Delay before retry number `failures`: doubling from the poll interval, capped."""
-        return min(self.backoff_max_s, self.poll_interval_s * 2 ** min(failures - 1, 30))
+        delay: float = self.poll_interval_s * 2 ** min(failures - 1, 30)
+        return min(self.backoff_max_s, delay)
 
     def start(self) -> AnchorPump:
         if self._started:

@@ -121,9 +121,11 @@ def insert_ignore(conn: Connection, table: sa.Table) -> Any:
     """`INSERT ... ON CONFLICT DO NOTHING` for the connection's dialect (SQLite, PostgreSQL)."""
     name = conn.dialect.name
     if name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:  # pragma: no cover - other engines are not supported
-        raise NotImplementedError(f"projections do not support the {name} dialect")
-    return insert(table).on_conflict_do_nothing()
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing()
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    raise NotImplementedError(f"projections do not support the {name} dialect")  # pragma: no cover - other engines
