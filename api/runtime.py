@@ -387,8 +387,10 @@ class Services:
         signatures verify offline from a ledger export."""
         for keyring in (self.oidc_keys, self.session_keys):
             for event in keyring.signing_key_events():
-                self.ledger.execute(SigningKey, SigningKey.stream_for(event.purpose, event.kid),
-                                    lambda agg, e=event: agg.record(e))
+                def record(agg: Any, e: Any = event) -> Any:
+                    return agg.record(e)
+
+                self.ledger.execute(SigningKey, SigningKey.stream_for(event.purpose, event.kid), record)
 
     def record_anchor_contracts(self) -> None:
         """An `AnchorContractChanged` record when the EVM anchor writes to a contract other than
@@ -399,10 +401,13 @@ class Services:
             contract = getattr(anchor, "contract_address", None)
             if contract is None:
                 continue
-            self.ledger.execute(AnchorContract, AnchorContract.stream_for(anchor.name), lambda agg, a=anchor: agg.use(
-                anchor=a.name, chain_id=a.config.chain_id, contract=a.contract_address,
-                fee_payer=a.fee_payer_address, genesis_hash=getattr(a, "genesis_hash", None),
-                start_seq=getattr(a, "start_seq", None)))
+            def use(agg: Any, a: Any = anchor) -> Any:
+                return agg.use(
+                    anchor=a.name, chain_id=a.config.chain_id, contract=a.contract_address,
+                    fee_payer=a.fee_payer_address, genesis_hash=getattr(a, "genesis_hash", None),
+                    start_seq=getattr(a, "start_seq", None))
+
+            self.ledger.execute(AnchorContract, AnchorContract.stream_for(anchor.name), use)
             if hasattr(anchor, "on_chain_changed"):  # a chain swapped under a running broker is recorded too
                 anchor.on_chain_changed = self.record_anchor_contracts
 
@@ -598,7 +603,10 @@ class Services:
             extra = getattr(anchor, "readiness_checks", None)
             if extra is not None:
                 for name in ("evm/chain_id", "evm/fee_payer"):
-                    checks.append(Check(name, lambda n=name, f=extra: f()[n], required=required))
+                    def one_check(n: str = name, f: Any = extra) -> Any:
+                        return f()[n]
+
+                    checks.append(Check(name, one_check, required=required))
         checks.append(Check("keys/session", lambda: self._keys_ready(self.session_keys, "session")))
         checks.append(Check("keys/oidc", lambda: self._keys_ready(self.oidc_keys, "oidc")))
         for method in self.config.auth_methods:
@@ -615,10 +623,11 @@ class Services:
             extra = getattr(anchor, "readiness_checks", None)
             if extra is not None:
                 evm_timeout = float(getattr(getattr(anchor, "config", None), "rpc_timeout_s", 5.0)) * 2 + 1
+                def evm_round(f: Any = extra, n: str = anchor.name) -> Any:
+                    return {(f"anchor/{n}" if k == "anchor/evm" else k): v for k, v in f().items()}
+
                 probes.append(Probe((f"anchor/{anchor.name}", "evm/chain_id", "evm/fee_payer"),
-                                    lambda f=extra, n=anchor.name: {
-                                        (f"anchor/{n}" if k == "anchor/evm" else k): v for k, v in f().items()},
-                                    interval, evm_timeout))
+                                    evm_round, interval, evm_timeout))
         grouped = {name for p in probes for name in p.names}
         sts_timeout = float(getattr(self.config.sts, "timeout_seconds", 5) or 5) + 1
         for check in self.readiness_checks():
