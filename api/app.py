@@ -56,7 +56,7 @@ def readyz(state: State) -> Response[ReadinessBody]:
     check the audit policy requires is unready; `degraded` (200) for one it does not require. The
     body lists the failing checks with a runbook link and `age_ms` per check."""
     code, body = _services(state).readiness_report()
-    return Response(content=body, status_code=code, media_type=MediaType.JSON)
+    return Response(content=body, status_code=code, media_type=MediaType.JSON)  # type: ignore[arg-type]  # body is the ReadinessBody shape as a dict; the annotation feeds the OpenAPI schema
 
 
 @get("/v1/audit/head", summary="Chain head and each anchor's confirmed position", tags=["audit"], sync_to_thread=True)
@@ -132,5 +132,5 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
         logging_config=None,  # the entry point configures logging once (api/logs.py); Litestar must not
     )
     # outermost, so that every response (404s of unknown paths too) gets its request id and access line
-    app.asgi_handler = request_id_middleware(app.asgi_handler)
+    app.asgi_handler = request_id_middleware(app.asgi_handler)  # type: ignore[arg-type, assignment]  # Litestar's typed ASGI unions vs the plain-mapping ASGI middleware
     return app

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from anchors.sqlite import SQLiteAnchor
 from ledger.aggregates import SigningKey
@@ -26,7 +26,16 @@ from ledger.app import Ledger
 from ledger.config import LedgerConfig
 from ledger.gate import ReleaseGate
 from ledger.integrity import IntegrityMonitor
-from ledger.ports import Anchor, AnchorReadiness, Clock, CredentialMinter, IdentityBackend, Readiness, StsError
+from ledger.ports import (
+    Anchor,
+    AnchorReadiness,
+    Clock,
+    CredentialMinter,
+    GrantLookup,
+    IdentityBackend,
+    Readiness,
+    StsError,
+)
 from ledger.services.access import Access, ledger_roots
 from ledger.services.grants import GrantService
 from ledger.services.legacy import LegacyService
@@ -264,7 +273,8 @@ class Services:
             from .metrics import UnrecordedCounts
 
             unrecorded = UnrecordedCounts()  # attached to the operator surface's metrics below
-            grant_reads = GrantReadModel(runner)
+            # GrantRow carries grant_id and scope_path, the fields the use cases read off a GrantCandidate
+            grant_reads = cast(GrantLookup, GrantReadModel(runner))
             access = Access(catalogue=config.access.catalogue, tenancy=config.access.tenancy,
                             roots_of=ledger_roots(ledger), legacy_service=config.access.legacy_service)
             grants = GrantService(ledger=ledger, grants=grant_reads, proof_signer=JwsGrantProofSigner(session_keys),
