@@ -41,7 +41,10 @@ run: install
 	@echo "          $(BIN)/agentkeys-broker demo --state-dir $(STATE_DIR)"
 	$(BIN)/agentkeys-broker dev --host $(HOST) --port $(PORT) --state-dir $(STATE_DIR)
 
+# Lint and type errors fail the build before any test runs.
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not soak"
 
 # The fault soak of issue 12 (a few minutes; real serve, moto and anvil; faults by signal): not part of

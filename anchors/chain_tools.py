@@ -10,10 +10,11 @@ Synchronous web3.py (v8) only; an async anchor can reuse `load_artifact`, `abi`,
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -141,7 +142,9 @@ def deploy(
     """Deploy `AuditAnchor(submitter, start_seq)` from `deployer` (who becomes the owner).
     Raises RuntimeError if the deployment transaction failed."""
     factory = w3.eth.contract(abi=abi(), bytecode=bytecode())
-    receipt = send_transaction(w3, deployer, factory.constructor(w3.to_checksum_address(submitter), start_seq), timeout_s=timeout_s)
+    receipt = send_transaction(
+        w3, deployer, factory.constructor(w3.to_checksum_address(submitter), start_seq), timeout_s=timeout_s
+    )
     if receipt["status"] != 1 or not receipt.get("contractAddress"):
         raise RuntimeError(f"AuditAnchor deployment failed: {receipt!r}")
     address = receipt["contractAddress"]
@@ -209,7 +212,7 @@ class OnChainBatch:
     block_number: int
 
     @classmethod
-    def from_tuple(cls, t: Sequence[Any]) -> "OnChainBatch":
+    def from_tuple(cls, t: Sequence[Any]) -> OnChainBatch:
         root, first, last, head, block = t
         return cls(bytes(root), int(first), int(last), bytes(head), int(block))
 

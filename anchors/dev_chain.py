@@ -20,8 +20,9 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]  # the project checkout (node_modules lives here)
 DEFAULT_ANVIL_BIN = ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
@@ -102,12 +103,12 @@ class Anvil:
     def argv(self) -> list[str]:
         return [str(self.binary), "--host", self.host, "--port", "0", "--chain-id", str(self.chain_id), *self.extra_args]
 
-    def start(self) -> "Anvil":
+    def start(self) -> Anvil:
         if self.proc is not None:
             raise AnvilError("already started")
         if not self.binary.exists():
             raise AnvilError(f"anvil binary not found at {self.binary} (run `npm ci`, or set ANVIL_BIN)")
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(  # noqa: S603  fixed argv built by this module, no shell
             self.argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -121,7 +122,7 @@ class Anvil:
         keys: list[tuple[int, str]] = []
 
         def read() -> None:
-            assert self.proc is not None and self.proc.stdout is not None
+            assert self.proc is not None and self.proc.stdout is not None  # noqa: S101  type narrowing of an invariant established just above
             in_keys = False
             for line in self.proc.stdout:
                 line = line.rstrip("\n")
@@ -190,7 +191,7 @@ class Anvil:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def __enter__(self) -> "Anvil":
+    def __enter__(self) -> Anvil:
         return self.start() if self.proc is None else self
 
     def __exit__(self, *exc: object) -> None:
@@ -220,8 +221,8 @@ class Anvil:
         """A raw JSON-RPC call (stdlib only). Raises AnvilError on a JSON-RPC error."""
         self._rpc_id += 1
         body = json.dumps({"jsonrpc": "2.0", "id": self._rpc_id, "method": method, "params": list(params)}).encode()
-        req = urllib.request.Request(self.rpc_url, data=body, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        req = urllib.request.Request(self.rpc_url, data=body, headers={"Content-Type": "application/json"})  # noqa: S310  URL is the configured local http endpoint, not user input
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310  URL is the configured local http endpoint, not user input
             reply = json.loads(resp.read())
         if "error" in reply:
             raise AnvilError(f"{method}: {reply['error']}")

@@ -17,7 +17,7 @@ is refused with `AnchorConflict`, never silently witnessed).
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from ledger.chain import GENESIS, ChainRecord
 from ledger.errors import AnchorConflict, AnchorError, AnchorUnavailable

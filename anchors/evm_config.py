@@ -166,7 +166,8 @@ class EvmAnchorConfig:
             raise EvmConfigError("BROKER_EVM_RPC_URL", url, "must be an http:// or https:// URL", anchors["BROKER_EVM_RPC_URL"])
         address = required("BROKER_EVM_CONTRACT_ADDRESS")
         if not _is_address(address):
-            raise EvmConfigError("BROKER_EVM_CONTRACT_ADDRESS", address, "must be 0x followed by 40 hex digits (mixed case: a valid EIP-55 checksum)",
+            raise EvmConfigError("BROKER_EVM_CONTRACT_ADDRESS", address, "must be 0x followed by 40 hex digits (mixed case: a "
+                                                                         "valid EIP-55 checksum)",
                                  anchors["BROKER_EVM_CONTRACT_ADDRESS"])
         state = env.get("BROKER_EVM_STATE_DB") or (str(default_state_path) if default_state_path else None)
         if not state:

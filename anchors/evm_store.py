@@ -32,9 +32,10 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from ledger.chain import ChainRecord
 
@@ -74,7 +75,7 @@ SCHEMA = (
         state TEXT NOT NULL CHECK (state IN ('signed', 'sent', 'mined', 'replaced', 'dropped', 'failed'))
     )""",
     "CREATE INDEX IF NOT EXISTS evm_txs_batch ON evm_txs (batch_id)",
-    f"INSERT OR IGNORE INTO evm_meta (key, value) VALUES ('format', '{FORMAT}')",
+    f"INSERT OR IGNORE INTO evm_meta (key, value) VALUES ('format', '{FORMAT}')",  # noqa: S608  column list/format are module constants; values are bound parameters
 )
 
 T = TypeVar("T")
@@ -272,7 +273,7 @@ class EvmStore:
         at or after block `min_block` (each filter optional)."""
 
         def op(c: sqlite3.Connection) -> list[BatchRow]:
-            sql = f"SELECT {_BATCH_COLS} FROM evm_batches WHERE last_seq >= ?"
+            sql = f"SELECT {_BATCH_COLS} FROM evm_batches WHERE last_seq >= ?"  # noqa: S608  column list/format are module constants; values are bound parameters
             args: list[Any] = [since_seq]
             if min_block is not None:
                 sql += " AND block_number >= ?"
@@ -291,20 +292,20 @@ class EvmStore:
         if not 1 <= seq < 2**63:
             return None
         row = self._run(lambda c: c.execute(
-            f"SELECT {_BATCH_COLS} FROM evm_batches WHERE first_seq <= ? ORDER BY first_seq DESC LIMIT 1", (seq,)
+            f"SELECT {_BATCH_COLS} FROM evm_batches WHERE first_seq <= ? ORDER BY first_seq DESC LIMIT 1", (seq,)  # noqa: S608  column list/format are module constants; values are bound parameters
         ).fetchone())
         found = BatchRow(*row) if row else None
         return found if found is not None and found.last_seq >= seq else None
 
     def batch(self, batch_id: int) -> BatchRow | None:
-        row = self._run(lambda c: c.execute(f"SELECT {_BATCH_COLS} FROM evm_batches WHERE id = ?", (batch_id,)).fetchone())
+        row = self._run(lambda c: c.execute(f"SELECT {_BATCH_COLS} FROM evm_batches WHERE id = ?", (batch_id,)).fetchone())  # noqa: S608  column list/format are module constants; values are bound parameters
         return BatchRow(*row) if row else None
 
     def first_open_batch(self) -> BatchRow | None:
         """The lowest batch that is not yet mined on the canonical chain (pending, orphaned, or
         sent without a block): the one the worker must get mined next."""
         row = self._run(lambda c: c.execute(
-            f"SELECT {_BATCH_COLS} FROM evm_batches WHERE status IN ('pending', 'orphaned') "
+            f"SELECT {_BATCH_COLS} FROM evm_batches WHERE status IN ('pending', 'orphaned') "  # noqa: S608  column list/format are module constants; values are bound parameters
             "OR (status = 'sent' AND block_number IS NULL) ORDER BY first_seq LIMIT 1"
         ).fetchone())
         return BatchRow(*row) if row else None
@@ -334,7 +335,7 @@ class EvmStore:
                 (first, last, root, chain_head, status, tx.tx_hash if tx else tx_hash, block_number, block_hash,
                  tx.nonce if tx else None, now, now),
             )
-            batch_id = int(cur.lastrowid)
+            batch_id = int(cur.lastrowid)  # type: ignore[arg-type]  # set after a successful INSERT
             if tx is not None:
                 _insert_tx(c, tx, batch_id)
             return batch_id
@@ -380,7 +381,7 @@ class EvmStore:
 
         def op(c: sqlite3.Connection) -> list[BatchRow]:
             rows = [BatchRow(*r) for r in c.execute(
-                f"SELECT {_BATCH_COLS} FROM evm_batches WHERE first_seq >= ? AND block_number IS NOT NULL "
+                f"SELECT {_BATCH_COLS} FROM evm_batches WHERE first_seq >= ? AND block_number IS NOT NULL "  # noqa: S608  column list/format are module constants; values are bound parameters
                 "ORDER BY first_seq", (first_seq,)).fetchall()]
             for b in rows:
                 c.execute(
@@ -446,12 +447,12 @@ class EvmStore:
 
     def txs(self, batch_id: int) -> list[TxRow]:
         rows = self._run(lambda c: c.execute(
-            f"SELECT {_TX_COLS} FROM evm_txs WHERE batch_id = ? ORDER BY sent_at, max_fee", (batch_id,)).fetchall())
+            f"SELECT {_TX_COLS} FROM evm_txs WHERE batch_id = ? ORDER BY sent_at, max_fee", (batch_id,)).fetchall())  # noqa: S608  column list/format are module constants; values are bound parameters
         return [TxRow(*r) for r in rows]
 
     def live_txs_of_other_batches(self, batch_id: int) -> list[TxRow]:
         rows = self._run(lambda c: c.execute(
-            f"SELECT {_TX_COLS} FROM evm_txs WHERE batch_id != ? AND state IN ('signed', 'sent')", (batch_id,)).fetchall())
+            f"SELECT {_TX_COLS} FROM evm_txs WHERE batch_id != ? AND state IN ('signed', 'sent')", (batch_id,)).fetchall())  # noqa: S608  column list/format are module constants; values are bound parameters
         return [TxRow(*r) for r in rows]
 
     def mark_broadcast(self, tx_hash: str) -> None:
@@ -469,7 +470,7 @@ class EvmStore:
         self._run(lambda c: c.execute("UPDATE evm_txs SET state = ? WHERE tx_hash = ?", (state, tx_hash)), write=True)
 
     def all_txs(self) -> list[TxRow]:
-        rows = self._run(lambda c: c.execute(f"SELECT {_TX_COLS} FROM evm_txs ORDER BY sent_at").fetchall())
+        rows = self._run(lambda c: c.execute(f"SELECT {_TX_COLS} FROM evm_txs ORDER BY sent_at").fetchall())  # noqa: S608  column list/format are module constants; values are bound parameters
         return [TxRow(*r) for r in rows]
 
 
@@ -480,6 +481,6 @@ def _last_batched(c: sqlite3.Connection) -> int:
 
 def _insert_tx(c: sqlite3.Connection, tx: TxRow, batch_id: int) -> None:
     c.execute(
-        f"INSERT OR IGNORE INTO evm_txs ({_TX_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT OR IGNORE INTO evm_txs ({_TX_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608  column list/format are module constants; values are bound parameters
         (tx.tx_hash, batch_id, tx.nonce, tx.max_fee, tx.max_priority_fee, tx.gas, tx.raw, tx.sent_at, tx.state),
     )

@@ -17,7 +17,7 @@ Test knobs, named loudly so they never pass for production behaviour:
 from __future__ import annotations
 
 import threading
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from ledger.chain import ChainRecord
 from ledger.ports import Readiness

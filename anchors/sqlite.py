@@ -29,8 +29,9 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 from ledger.chain import ChainRecord
 from ledger.ports import Readiness
@@ -45,7 +46,7 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS anchored (seq INTEGER PRIMARY KEY, hash TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS anchor_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    f"INSERT OR IGNORE INTO anchor_meta (key, value) VALUES ('format', '{FORMAT}')",
+    f"INSERT OR IGNORE INTO anchor_meta (key, value) VALUES ('format', '{FORMAT}')",  # noqa: S608  column list/format are module constants; values are bound parameters
 )
 
 T = TypeVar("T")
@@ -102,7 +103,7 @@ class SQLiteAnchor:
             return self._run("reader", _start_seq)
 
     @classmethod
-    def create_at(cls, path: Path | str, start_seq: int, name: str = "sqlite") -> "SQLiteAnchor":
+    def create_at(cls, path: Path | str, start_seq: int, name: str = "sqlite") -> SQLiteAnchor:
         """A new, empty anchor file witnessing seqs from `start_seq` on (refuses an existing file)."""
         path = Path(path)
         if path.exists():
@@ -149,7 +150,7 @@ class SQLiteAnchor:
                     os.close(self._hdr_fd[0])
                     self._hdr_fd = None
 
-    def __enter__(self) -> "SQLiteAnchor":
+    def __enter__(self) -> SQLiteAnchor:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -190,7 +191,7 @@ class SQLiteAnchor:
             self._drop(role)
             raise AnchorUnavailable(f"{self.name}: sqlite anchor at {self.path}: {_reason(exc)}") from exc
 
-    def _connection(self, role: str) -> "_Conn":
+    def _connection(self, role: str) -> _Conn:
         """The cached connection for `role`, reopened when the file under our name is no longer
         the one it has open (replaced, moved) or no longer looks like a SQLite database: SQLite
         itself would go on serving pages from its WAL over a file overwritten with garbage."""

@@ -5,8 +5,8 @@ OpenAPI. Handlers are thin: they read projections/ledger through `Services` and 
 from __future__ import annotations
 
 import sys
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from litestar import Litestar, MediaType, Response, get
 from litestar.datastructures import State
@@ -21,8 +21,8 @@ from .logs import request_id_middleware
 from .routes.audit import audit_record
 from .routes.auth_email import email_landing, email_request, email_status, email_verify, email_verify_get
 from .routes.auth_exchange import auth_exchange
-from .routes.auth_session import session_revoke_route
 from .routes.auth_oauth2 import oauth2_callback, oauth2_start, oauth2_status
+from .routes.auth_session import session_revoke_route
 from .routes.auth_wallet import wallet_start, wallet_verify
 from .routes.grants import daemon_release, grant_create, grant_list, grant_revoke
 from .routes.mint import mint_aws_creds
@@ -46,7 +46,8 @@ def healthz() -> str:
     "/readyz",
     summary="Readiness of every configured dependency",
     tags=["status"],
-    responses={503: ResponseSpec(data_container=ReadinessBody, generate_examples=False, description="A required dependency is unready")},
+    responses={503: ResponseSpec(data_container=ReadinessBody, generate_examples=False, description="A required dependency is "
+                                                                                                    "unready")},
     sync_to_thread=False,
 )
 def readyz(state: State) -> Response[ReadinessBody]:
@@ -55,7 +56,7 @@ def readyz(state: State) -> Response[ReadinessBody]:
     check the audit policy requires is unready; `degraded` (200) for one it does not require. The
     body lists the failing checks with a runbook link and `age_ms` per check."""
     code, body = _services(state).readiness_report()
-    return Response(content=body, status_code=code, media_type=MediaType.JSON)
+    return Response(content=body, status_code=code, media_type=MediaType.JSON)  # type: ignore[arg-type]  # body is the ReadinessBody shape as a dict; the annotation feeds the OpenAPI schema
 
 
 @get("/v1/audit/head", summary="Chain head and each anchor's confirmed position", tags=["audit"], sync_to_thread=True)
@@ -115,7 +116,8 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
         openapi_config=OpenAPIConfig(
             title="AgentKeys Broker",
             version="0.1.0",
-            description="Short-lived AWS credentials for agents and daemons, released only after the audit anchors confirm the ledger event.",
+            description="Short-lived AWS credentials for agents and daemons, released only after the audit anchors confirm the "
+                        "ledger event.",
             path="/schema",
             use_handler_docstrings=True,
             render_plugins=render_plugins,
@@ -130,5 +132,5 @@ def create_app(services: Services, *, manage_lifecycle: bool = True) -> Litestar
         logging_config=None,  # the entry point configures logging once (api/logs.py); Litestar must not
     )
     # outermost, so that every response (404s of unknown paths too) gets its request id and access line
-    app.asgi_handler = request_id_middleware(app.asgi_handler)
+    app.asgi_handler = request_id_middleware(app.asgi_handler)  # type: ignore[arg-type, assignment]  # Litestar's typed ASGI unions vs the plain-mapping ASGI middleware
     return app

@@ -15,7 +15,6 @@ from typing import Any
 
 from ledger.audit import LedgerMismatch, proofs
 from ledger.chain import ChainRecord
-
 from ledger.services.refusals import Refusal
 
 

@@ -34,10 +34,11 @@ import shutil
 import sqlite3
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ledger.errors import CommandError
 
@@ -251,7 +252,7 @@ def backup(out: Path, files: StateFiles, *, include_keys: bool) -> dict[str, Any
         seq, head_hash = _ledger_head(partial / "ledger.sqlite")
         manifest = {
             "format": FORMAT,
-            "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "head": {"seq": seq, "hash": head_hash},
             "files": dict(sorted(written.items())),
             "keys": keys,

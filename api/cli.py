@@ -326,11 +326,10 @@ def start_dev_chain(state_dir: Path, children: list[Any]) -> dict[str, Any]:
     AuditAnchor the EVM anchor's state file names, reused when the chain still holds it; else a
     freshly deployed one whose submitter is that fee payer (a lost chain: the EVM anchor sees the
     new genesis, records `AnchorContractChanged{chain_changed}` and re-anchors in full batches)."""
-    from ledger.errors import CommandError
-
     from anchors.chain_tools import deploy
     from anchors.dev_chain import Anvil
     from anchors.evm_keys import write_keystore
+    from ledger.errors import CommandError
 
     anvil_state = state_dir / "anvil-state.json"
     try:

@@ -36,11 +36,12 @@ import secrets
 import stat
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -255,7 +256,7 @@ class AwsCredentials:
     local_expiration: int = 0  # the same instant on this machine's clock (0: assume no skew)
 
     @classmethod
-    def from_wire(cls, body: Mapping[str, Any], *, clock_offset: float | None = None) -> "AwsCredentials":
+    def from_wire(cls, body: Mapping[str, Any], *, clock_offset: float | None = None) -> AwsCredentials:
         """`clock_offset`: the broker's clock minus ours when the answer arrived (its `Date`), so that
         expiry is judged by our clock even when the two disagree."""
         expiration = int(body["expiration"])
@@ -275,7 +276,7 @@ class AwsCredentials:
     @property
     def expiration_iso(self) -> str:
         """`expires` as RFC 3339 (what local AWS SDKs compare with their clock)."""
-        return datetime.fromtimestamp(self.expires, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return datetime.fromtimestamp(self.expires, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def credential_process(self) -> dict[str, Any]:
         """The AWS `credential_process` output (Version 1)."""
@@ -310,7 +311,7 @@ class Grant:
     agent_id_prefix: str | None = None
 
     @classmethod
-    def from_wire(cls, body: Mapping[str, Any]) -> "Grant":
+    def from_wire(cls, body: Mapping[str, Any]) -> Grant:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in body.items() if k in known})
 
@@ -333,7 +334,7 @@ def _retry_after(response: httpx.Response, default: float | None) -> float | Non
         return max(0.0, float(value))
     except ValueError:
         try:
-            return max(0.0, (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds())
+            return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
         except (TypeError, ValueError):
             return default
 
@@ -367,12 +368,12 @@ class BrokerClient:
         self._last_offset: float | None = None  # the broker's clock minus ours, at the last answer
 
     @classmethod
-    def from_key_file(cls, url: str, key_file: str | Path, **kw: Any) -> "BrokerClient":
+    def from_key_file(cls, url: str, key_file: str | Path, **kw: Any) -> BrokerClient:
         """A client for the wallet in a hex key file (mode 0600)."""
         return cls(url, load_account(key_file=key_file), **kw)
 
     @classmethod
-    def from_keystore(cls, url: str, keystore: str | Path, password_file: str | Path, **kw: Any) -> "BrokerClient":
+    def from_keystore(cls, url: str, keystore: str | Path, password_file: str | Path, **kw: Any) -> BrokerClient:
         """A client for the wallet in an encrypted keystore, its password in a file (both mode 0600)."""
         return cls(url, load_account(keystore=keystore, password_file=password_file), **kw)
 
@@ -381,7 +382,7 @@ class BrokerClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "BrokerClient":
+    def __enter__(self) -> BrokerClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -552,7 +553,7 @@ class BrokerClient:
 
         body: dict[str, Any] = {
             "request_id": request_id or f"req-{secrets.token_hex(16)}",
-            "issued_at": datetime.fromtimestamp(self.clock(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "issued_at": datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "intent": {"agent_id": agent_id, "service": service, "scope_path": scope},
             "auth": {"address": self.address, "signature": ""},
         }
@@ -657,7 +658,7 @@ class _Refresher:
         from botocore.credentials import RefreshableCredentials
 
         def now() -> datetime:
-            return datetime.fromtimestamp(clock(), timezone.utc)
+            return datetime.fromtimestamp(clock(), UTC)
 
         first = self.metadata()
         expiry = datetime.fromisoformat(first["expiry_time"].replace("Z", "+00:00"))

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -261,9 +262,9 @@ def _grant_list(args: argparse.Namespace) -> int:
 
 
 def _iso(unix: int) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(unix, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- creds and exec ---------------------------------------------------------------------------------
@@ -323,7 +324,7 @@ def _exec(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execvpe(cmd[0], cmd, env)
+        os.execvpe(cmd[0], cmd, env)  # noqa: S606  exec of the user's own command line is the purpose of this CLI
     except FileNotFoundError:
         raise CommandError(f"exec: command not found: {cmd[0]}", 127) from None
     except PermissionError:

@@ -11,7 +11,8 @@ headers object offers `getall` (Litestar's `Headers` does).
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

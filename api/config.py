@@ -12,9 +12,10 @@ configuration table is generated from `SETTINGS` (`python -m api.config --markdo
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 # BootFailure and Setting live in api/settings.py (a leaf: api/sts_config.py uses them too, and this
 # module imports api/sts_config.py); re-exported here for their existing importers.
@@ -331,7 +332,8 @@ def _issuer(env: Mapping[str, str], dev_mode: bool) -> str:
     if raw is None or not raw.strip():
         raise BootFailure("BROKER_OIDC_ISSUER", None, "required: the broker's public base URL", "oidc-issuer")
     issuer = raw.strip().rstrip("/")
-    if not (issuer.startswith("https://") or issuer.startswith("http://")) or "://" not in issuer or not issuer.split("://", 1)[1]:
+    if (not (issuer.startswith("https://") or issuer.startswith("http://"))
+            or "://" not in issuer or not issuer.split("://", 1)[1]):
         raise BootFailure("BROKER_OIDC_ISSUER", raw, "must be an absolute https:// URL", "oidc-issuer")
     if issuer.startswith("http://") and not dev_mode:
         raise BootFailure("BROKER_OIDC_ISSUER", raw,
@@ -490,7 +492,7 @@ class BrokerConfig:
         return (primary,)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "BrokerConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> BrokerConfig:
         env = os.environ if env is None else env
         data_dir_raw = _get(env, "BROKER_DATA_DIR")
         if data_dir_raw is None:
@@ -503,7 +505,7 @@ class BrokerConfig:
             raw = _get(env, name)
             return Path(raw).expanduser() if raw else data_dir / default_name
 
-        home = Path(env.get("HOME") or ".")
+        home_dir = Path(env.get("HOME") or ".")
         anchors = _anchors(env)
         policy = (_get(env, "BROKER_AUDIT_POLICY") or "").strip()
         if policy not in POLICIES:
@@ -519,7 +521,7 @@ class BrokerConfig:
 
         def keypath(name: str, default_name: str) -> Path:
             raw = _get(env, name)
-            return Path(raw).expanduser() if raw else home / ".agentkeys" / "broker" / default_name
+            return Path(raw).expanduser() if raw else home_dir / ".agentkeys" / "broker" / default_name
 
         oidc_path = keypath("BROKER_OIDC_KEYPAIR_PATH", "oidc-keypair.json")
         session_path = keypath("BROKER_SESSION_KEYPAIR_PATH", "session-keypair.json")
@@ -610,9 +612,8 @@ def all_settings() -> tuple[Setting, ...]:
     from anchors.evm import EVM_SETTINGS, EVM_TUNING_SETTINGS
 
     from .access_config import ACCESS_SETTINGS
-    from .sts_config import STS_SETTINGS
-
     from .signin_config import SIGNIN_SETTINGS
+    from .sts_config import STS_SETTINGS
 
     evm = tuple(Setting(name, default, doc, anchor, "evm") for name, default, doc, anchor in EVM_SETTINGS + EVM_TUNING_SETTINGS)
     return SETTINGS + tuple(STS_SETTINGS) + ACCESS_SETTINGS + evm + SIGNIN_SETTINGS

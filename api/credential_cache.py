@@ -23,8 +23,8 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .client import AwsCredentials, write_private_json
 

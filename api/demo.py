@@ -16,7 +16,7 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ class _Demo:
         self.url, self.issuer, self.info = url, issuer, info
         self.state_dir = state_dir
         self.step = 0
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.work = state_dir / "demo" / stamp
         self.ledger_db = info.get("ledger_db") if info else None
 
@@ -65,7 +65,7 @@ class _Demo:
 
     def auditor(self, *args: str) -> subprocess.CompletedProcess:
         """An auditor's command, run as the auditor would (its own process, read-only)."""
-        out = subprocess.run([sys.executable, "-m", "workers.cli", *args], capture_output=True, text=True, timeout=300)
+        out = subprocess.run([sys.executable, "-m", "workers.cli", *args], capture_output=True, text=True, timeout=300)  # noqa: S603  fixed argv built by this module, no shell
         if out.returncode != 0:
             detail = (out.stdout + out.stderr).strip().splitlines()
             raise _Failed(f"`agentkeys-broker {' '.join(args[:2])}` exited {out.returncode}: "
@@ -135,7 +135,7 @@ class _Demo:
                           aws_session_token=creds.session_token,
                           config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 2}))
         key = f"{prefix}hello.txt"
-        body = f"hello from {AGENT_ID} at {datetime.now(timezone.utc).isoformat()}\n".encode()
+        body = f"hello from {AGENT_ID} at {datetime.now(UTC).isoformat()}\n".encode()
         s3.put_object(Bucket=bucket, Key=key, Body=body)
         listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
         read = s3.get_object(Bucket=bucket, Key=key)["Body"].read()

@@ -84,7 +84,7 @@ class SmtpSender:
     name = "smtp"
 
     def __init__(self, settings: EmailLinkSettings) -> None:
-        assert settings.smtp is not None
+        assert settings.smtp is not None  # noqa: S101  type narrowing of an invariant established just above
         self.target: SmtpTarget = settings.smtp
         self.from_address = settings.from_address
 

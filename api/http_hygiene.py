@@ -47,7 +47,7 @@ class BodyTimeoutMiddleware:
             remaining = deadline - loop.time()
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(remaining, 0.0))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise ApiError("request_timeout",
                                f"request timeout: the request body did not arrive within {self.timeout_s:g} s",
                                headers={"Connection": "close"}) from None

@@ -52,7 +52,7 @@ class BotoIamKillSwitch:
             retries={"total_max_attempts": 2, "mode": "standard"}, user_agent_extra="agentkeys-broker"))
 
     @classmethod
-    def from_sts_settings(cls, sts: Any, endpoint_url: str | None) -> "BotoIamKillSwitch":
+    def from_sts_settings(cls, sts: Any, endpoint_url: str | None) -> BotoIamKillSwitch:
         return cls(region=sts.region, endpoint_url=endpoint_url, access_key_id=sts.access_key_id,
                    secret_access_key=sts.secret_access_key, timeout_s=max(5, sts.timeout_seconds))
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 REDACTED = "[redacted]"
 

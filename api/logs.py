@@ -18,8 +18,9 @@ import re
 import secrets
 import sys
 import time
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
 
 from ledger.logcontext import NO_REQUEST, request_id_var
 
@@ -47,7 +48,7 @@ class _RequestIdFilter(logging.Filter):
 
 
 def _ts(record: logging.LogRecord) -> str:
-    moment = datetime.fromtimestamp(record.created, timezone.utc)
+    moment = datetime.fromtimestamp(record.created, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 

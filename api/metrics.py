@@ -16,13 +16,14 @@ positions, the last fee-payer probe). The release histogram is fed by the releas
 | `agentkeys_projection_lag_records` | `projection` | ledger head − the projection's position |
 | `agentkeys_fee_payer_balance_wei` | | the last readiness probe's balance (absent before one finished) |
 | `agentkeys_sts_errors_total` | `code` | `MintDenied{reason: sts_error}` by AWS error code |
-"""
+"""  # noqa: E501  a markdown table row cannot wrap
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -121,7 +122,7 @@ class Metrics:
                                  registry=self.registry)
         self.sts_errors = Counter("agentkeys_sts_errors_total", "STS refusals recorded in the ledger", ["code"],
                                   registry=self.registry)
-        self.registry.register(_Gauges(sample))  # type: ignore[arg-type]  (a duck-typed collector)
+        self.registry.register(_Gauges(sample))  # type: ignore[arg-type]  # a duck-typed collector
         self._read = read
         self._lock = threading.Lock()
         self._after = head_seq()  # count what is written from now on

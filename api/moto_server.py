@@ -23,8 +23,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from anchors.dev_chain import die_with_parent_preexec
 
@@ -32,7 +33,7 @@ DEV_ROLE_NAME = "agentkeys-data-role"
 DEV_BUCKET = "agentkeys-dev"
 DEV_REGION = "us-east-1"
 DEV_ACCESS_KEY_ID = "testing"  # moto accepts any keys; these never leave the machine
-DEV_SECRET_ACCESS_KEY = "testing"
+DEV_SECRET_ACCESS_KEY = "testing"  # noqa: S105  moto dev credential, accepted by any local moto; never a real secret
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
@@ -66,7 +67,7 @@ class MotoServer:
 
     @classmethod
     def start(cls, port: int = 0, *, host: str = "127.0.0.1", log_path: Path | None = None,
-              ready_timeout: float = 30.0) -> "MotoServer":
+              ready_timeout: float = 30.0) -> MotoServer:
         """Start a server on `host:port` (`port=0`: a free port) and wait until it answers HTTP."""
         if host not in LOOPBACK_HOSTS:
             raise ValueError(f"moto is unauthenticated: bind it to a loopback address, not {host!r}")
@@ -84,7 +85,7 @@ class MotoServer:
         raise MotoServerError(f"moto server did not start: {last}")
 
     @classmethod
-    def _spawn(cls, host: str, port: int, log_path: Path | None) -> "MotoServer":
+    def _spawn(cls, host: str, port: int, log_path: Path | None) -> MotoServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOTO_"))}
         env.pop("INITIAL_NO_AUTH_ACTION_COUNT", None)
         env["PYTHONUNBUFFERED"] = "1"
@@ -94,7 +95,7 @@ class MotoServer:
         else:
             out = subprocess.DEVNULL
         try:
-            process = subprocess.Popen(
+            process = subprocess.Popen(  # noqa: S603  fixed argv built by this module, no shell
                 [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,  # Ctrl-C in a terminal reaches the parent only; it stops us
@@ -125,7 +126,7 @@ class MotoServer:
             delay = min(delay * 1.5, 0.2)
 
     def _request(self, method: str, path: str, body: bytes | None = None, timeout: float = 5.0) -> bytes:
-        req = urllib.request.Request(self.endpoint + path, data=body, method=method,
+        req = urllib.request.Request(self.endpoint + path, data=body, method=method,  # noqa: S310  URL is the configured local http endpoint, not user input
                                      headers={"Content-Type": "text/plain"})
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback only
             return resp.read()
@@ -157,7 +158,7 @@ class MotoServer:
                 pass
         self._process.poll()
 
-    def __enter__(self) -> "MotoServer":
+    def __enter__(self) -> MotoServer:
         return self
 
     def __exit__(self, *exc: object) -> None:

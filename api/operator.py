@@ -19,14 +19,14 @@ import hmac
 import secrets
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ledger.services.quarantine import QuarantineService
-
-from .auth.session_jwt import OPERATOR_ROLE, SessionTokenError, looks_like_session_jwt, verify_session_token
 from ledger.services.refusals import Refusal
 
+from .auth.session_jwt import OPERATOR_ROLE, SessionTokenError, looks_like_session_jwt, verify_session_token
 from .metrics import Metrics
 
 PAGE_SESSION_SECONDS = 8 * 3600
@@ -136,7 +136,7 @@ class OperatorSurface:
     services: Any  # api.runtime.Services (for read models, anchors, head)
 
     @classmethod
-    def build(cls, services: Any, *, kill_switch: Any = None) -> "OperatorSurface":
+    def build(cls, services: Any, *, kill_switch: Any = None) -> OperatorSurface:
         config = services.config
         if kill_switch is None and config.sts is not None:
             from .iam import BotoIamKillSwitch

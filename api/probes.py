@@ -28,8 +28,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from ledger.ports import Readiness
 
@@ -49,7 +49,7 @@ class Probe:
     timeout_s: float
 
     @classmethod
-    def single(cls, name: str, fn: Callable[[], Readiness], *, interval_s: float, timeout_s: float) -> "Probe":
+    def single(cls, name: str, fn: Callable[[], Readiness], *, interval_s: float, timeout_s: float) -> Probe:
         return cls((name,), lambda: {name: fn()}, interval_s, timeout_s)
 
 
@@ -107,7 +107,7 @@ class ProbeRunner:
 
     # --- running ------------------------------------------------------------------------------
 
-    def start(self) -> "ProbeRunner":
+    def start(self) -> ProbeRunner:
         if self._started:
             return self
         self._started = True

@@ -11,8 +11,8 @@ goes away turns its check unready on its next probe, and back.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from ledger.ports import Readiness
 

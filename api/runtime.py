@@ -14,8 +14,10 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
 
 from anchors.sqlite import SQLiteAnchor
 from ledger.aggregates import SigningKey
@@ -24,9 +26,18 @@ from ledger.app import Ledger
 from ledger.config import LedgerConfig
 from ledger.gate import ReleaseGate
 from ledger.integrity import IntegrityMonitor
-from ledger.ports import Anchor, AnchorReadiness, Clock, CredentialMinter, IdentityBackend, Readiness, StsError
-from ledger.services.grants import GrantService
+from ledger.ports import (
+    Anchor,
+    AnchorReadiness,
+    Clock,
+    CredentialMinter,
+    GrantLookup,
+    IdentityBackend,
+    Readiness,
+    StsError,
+)
 from ledger.services.access import Access, ledger_roots
+from ledger.services.grants import GrantService
 from ledger.services.legacy import LegacyService
 from ledger.services.mint import MintService
 from ledger.services.refusals import Refusal
@@ -39,15 +50,15 @@ from projections.registry import all_projections
 from projections.runner import ProjectionRunner
 
 from .auth.session_jwt import SessionSigner
-from .legacy import LegacyBackend
-from .signing import JwsGrantProofSigner, JwtSessionIssuer
-from .sts import BotoStsMinter
 from .client_ip import client_ip
 from .config import BootFailure, BrokerConfig
-from .keys import KeyFileError, Keyring, load_keyring
+from .keys import KeyFileError, Keyring, Purpose, load_keyring
+from .legacy import LegacyBackend
 from .probes import Probe, ProbeRunner, sts_interval
 from .ratelimit import RateLimiter
 from .readiness import Check, evaluate
+from .signing import JwsGrantProofSigner, JwtSessionIssuer
+from .sts import BotoStsMinter
 
 log = logging.getLogger("agentkeys.runtime")
 
@@ -105,10 +116,11 @@ FIRST_PROBES_WAIT_S = 3.0
 
 def _load_keys(config: BrokerConfig) -> tuple[Keyring, Keyring]:
     out = []
-    for var, path, purpose in (
+    slots: tuple[tuple[str, Path, Purpose], ...] = (
         ("BROKER_OIDC_KEYPAIR_PATH", config.oidc_keypair_path, "oidc"),
         ("BROKER_SESSION_KEYPAIR_PATH", config.session_keypair_path, "session"),
-    ):
+    )
+    for var, path, purpose in slots:
         try:
             out.append(load_keyring(path, purpose))
         except KeyFileError as exc:
@@ -210,7 +222,7 @@ class Services:
         anchor_ready: AnchorReadiness | None = None,
         legacy_backend: IdentityBackend | None = None,
         free_bytes: Callable[[], int] | None = None,
-    ) -> "Services":
+    ) -> Services:
         """`anchors` replaces the configured anchors (the caller opened them; they are closed on
         `stop()`); `gate` is a gate or a factory given the anchors (the pump's waiter is the
         process-wide `ledger.anchoring.default_waiter()`); `free_bytes` replaces the reading of
@@ -261,7 +273,8 @@ class Services:
             from .metrics import UnrecordedCounts
 
             unrecorded = UnrecordedCounts()  # attached to the operator surface's metrics below
-            grant_reads = GrantReadModel(runner)
+            # GrantRow carries grant_id and scope_path, the fields the use cases read off a GrantCandidate
+            grant_reads = cast(GrantLookup, GrantReadModel(runner))
             access = Access(catalogue=config.access.catalogue, tenancy=config.access.tenancy,
                             roots_of=ledger_roots(ledger), legacy_service=config.access.legacy_service)
             grants = GrantService(ledger=ledger, grants=grant_reads, proof_signer=JwsGrantProofSigner(session_keys),
@@ -384,8 +397,10 @@ class Services:
         signatures verify offline from a ledger export."""
         for keyring in (self.oidc_keys, self.session_keys):
             for event in keyring.signing_key_events():
-                self.ledger.execute(SigningKey, SigningKey.stream_for(event.purpose, event.kid),
-                                    lambda agg, e=event: agg.record(e))
+                def record(agg: Any, e: Any = event) -> Any:
+                    return agg.record(e)
+
+                self.ledger.execute(SigningKey, SigningKey.stream_for(event.purpose, event.kid), record)
 
     def record_anchor_contracts(self) -> None:
         """An `AnchorContractChanged` record when the EVM anchor writes to a contract other than
@@ -396,10 +411,13 @@ class Services:
             contract = getattr(anchor, "contract_address", None)
             if contract is None:
                 continue
-            self.ledger.execute(AnchorContract, AnchorContract.stream_for(anchor.name), lambda agg, a=anchor: agg.use(
-                anchor=a.name, chain_id=a.config.chain_id, contract=a.contract_address,
-                fee_payer=a.fee_payer_address, genesis_hash=getattr(a, "genesis_hash", None),
-                start_seq=getattr(a, "start_seq", None)))
+            def use(agg: Any, a: Any = anchor) -> Any:
+                return agg.use(
+                    anchor=a.name, chain_id=a.config.chain_id, contract=a.contract_address,
+                    fee_payer=a.fee_payer_address, genesis_hash=getattr(a, "genesis_hash", None),
+                    start_seq=getattr(a, "start_seq", None))
+
+            self.ledger.execute(AnchorContract, AnchorContract.stream_for(anchor.name), use)
             if hasattr(anchor, "on_chain_changed"):  # a chain swapped under a running broker is recorded too
                 anchor.on_chain_changed = self.record_anchor_contracts
 
@@ -595,7 +613,10 @@ class Services:
             extra = getattr(anchor, "readiness_checks", None)
             if extra is not None:
                 for name in ("evm/chain_id", "evm/fee_payer"):
-                    checks.append(Check(name, lambda n=name, f=extra: f()[n], required=required))
+                    def one_check(n: str = name, f: Any = extra) -> Any:
+                        return f()[n]
+
+                    checks.append(Check(name, one_check, required=required))
         checks.append(Check("keys/session", lambda: self._keys_ready(self.session_keys, "session")))
         checks.append(Check("keys/oidc", lambda: self._keys_ready(self.oidc_keys, "oidc")))
         for method in self.config.auth_methods:
@@ -612,10 +633,11 @@ class Services:
             extra = getattr(anchor, "readiness_checks", None)
             if extra is not None:
                 evm_timeout = float(getattr(getattr(anchor, "config", None), "rpc_timeout_s", 5.0)) * 2 + 1
+                def evm_round(f: Any = extra, n: str = anchor.name) -> Any:
+                    return {(f"anchor/{n}" if k == "anchor/evm" else k): v for k, v in f().items()}
+
                 probes.append(Probe((f"anchor/{anchor.name}", "evm/chain_id", "evm/fee_payer"),
-                                    lambda f=extra, n=anchor.name: {
-                                        (f"anchor/{n}" if k == "anchor/evm" else k): v for k, v in f().items()},
-                                    interval, evm_timeout))
+                                    evm_round, interval, evm_timeout))
         grouped = {name for p in probes for name in p.names}
         sts_timeout = float(getattr(self.config.sts, "timeout_seconds", 5) or 5) + 1
         for check in self.readiness_checks():
@@ -637,7 +659,7 @@ class Services:
         mint): the last background probe result, None while unknown. Same as `probes.latest`."""
         return self.probes.latest(check)
 
-    def _keys_ready(self, keyring: Keyring, purpose: str) -> Readiness:
+    def _keys_ready(self, keyring: Keyring, purpose: Purpose) -> Readiness:
         """The key file on disk still loads with the same active key (a deleted, re-permissioned
         or swapped file turns this unready; the loaded key keeps signing meanwhile)."""
         path = self.config.session_keypair_path if purpose == "session" else self.config.oidc_keypair_path

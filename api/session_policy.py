@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ledger.scopes import MAX_SCOPE_PATH_CHARS, Scope, ScopeError, parse_scope  # noqa: F401 (public names of this module)
 
@@ -160,11 +161,11 @@ class PolicyTemplates:
     # Built-ins, a file, or both -------------------------------------------------------------
 
     @classmethod
-    def builtin(cls) -> "PolicyTemplates":
+    def builtin(cls) -> PolicyTemplates:
         return cls(BUILTIN_TEMPLATES)
 
     @classmethod
-    def from_file(cls, path: Path) -> "PolicyTemplates":
+    def from_file(cls, path: Path) -> PolicyTemplates:
         """Built-in templates overridden per service by the JSON object in `path`."""
         try:
             text = Path(path).read_text(encoding="utf-8")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import unquote, urlsplit
 
 from .config import BootFailure, Setting
@@ -233,11 +233,11 @@ def oauth2_google_settings(env: Mapping[str, str], *, dev_mode: bool) -> OAuth2G
                           "oauth2-google-client-secret-file")
     state_key = _key(env, "BROKER_OAUTH2_STATE_HMAC_KEY_PATH", "oauth2-state-hmac-key", "oauth2-state-hmac-key")
     redirect = _http_url(env, "BROKER_OAUTH2_REDIRECT_URI", "oauth2-redirect-uri", dev_mode, required=True)
-    assert redirect is not None
+    assert redirect is not None  # noqa: S101  type narrowing of an invariant established just above
     if urlsplit(redirect).query:
         raise BootFailure("BROKER_OAUTH2_REDIRECT_URI", redirect, "must not carry a query", "oauth2-redirect-uri")
     discovery = _http_url(env, "BROKER_OAUTH2_GOOGLE_DISCOVERY_URL", "oauth2-discovery-url", dev_mode, required=True)
-    assert discovery is not None
+    assert discovery is not None  # noqa: S101  type narrowing of an invariant established just above
     return OAuth2GoogleSettings(
         client_id=client_id, client_secret=secret, state_key=state_key, redirect_uri=redirect,
         discovery_url=discovery,

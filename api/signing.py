@@ -4,7 +4,8 @@ a grant's `audit_proof`). `verify_audit_proof` is the offline check an auditor r
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jwt
 import msgspec

@@ -41,14 +41,14 @@ import logging
 import re
 import time
 import unicodedata
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionError as BotoConnectionError,
     ConnectTimeoutError,
     EndpointConnectionError,
     HTTPClientError,
@@ -58,10 +58,12 @@ from botocore.exceptions import (
     PartialCredentialsError,
     ReadTimeoutError,
 )
-
-from ledger.ports import AssumeRoleRequest, CredentialMinter, IssuedCredentials, StsError, sts_session_name
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
 
 from ledger.catalogue import Catalogue, ServiceDef
+from ledger.ports import AssumeRoleRequest, CredentialMinter, IssuedCredentials, StsError, sts_session_name
 
 from .session_policy import PolicyTemplates, ScopeError, check_fixed_policy
 from .sts_config import DURATION_MAX, DURATION_MIN, StsSettings

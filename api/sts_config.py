@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
-from .settings import BootFailure, Setting
 from .session_policy import PolicyTemplates, TemplateError
+from .settings import BootFailure, Setting
 
 DEFAULT_ROLE_NAME = "agentkeys-data-role"
 DEFAULT_REGION = "us-east-1"
@@ -100,7 +101,7 @@ class StsSettings:
         return self.role_arn.split(":")[4]
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "StsSettings":
+    def from_env(cls, env: Mapping[str, str]) -> StsSettings:
         return from_env(env)
 
 

@@ -25,7 +25,7 @@ import json
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ def canonical(body: dict[str, Any]) -> bytes:
 def signed_request(account: Any, *, agent_id: str, service: str, scope_path: str) -> dict[str, Any]:
     body = {
         "request_id": f"req-{uuid.uuid4().hex}",  # single use per wallet: a replay is 409
-        "issued_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),  # within 5 min of the broker
+        "issued_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),  # within 5 min of the broker
         "intent": {"agent_id": agent_id, "service": service, "scope_path": scope_path},
         "auth": {"address": account.address.lower(), "signature": ""},
     }
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "AccessKeyId": creds["access_key_id"],
         "SecretAccessKey": creds["secret_access_key"],
         "SessionToken": creds["session_token"],
-        "Expiration": datetime.fromtimestamp(creds["expiration"], timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "Expiration": datetime.fromtimestamp(creds["expiration"], UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }))
     print(f"minted: audit seq {creds['seq']} record {creds['record_hash']} anchored by {', '.join(creds['anchored'])}",
           file=sys.stderr)

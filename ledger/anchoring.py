@@ -37,8 +37,9 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 from .chain import ChainHead, ChainRecord
 from .ports import Anchor
@@ -163,10 +164,16 @@ class ConfirmationWaiter:
             watch = self._watches.get(key)
             if watch is not None and watch.ref() is anchor:
                 return watch
+            def forget(r: object, key: int = key) -> None:
+                self._forget(key, r)
+
+            def keep(anchor: Anchor = anchor) -> Anchor:
+                return anchor
+
             try:
-                ref: Callable[[], Any] = weakref.ref(anchor, lambda r, key=key: self._forget(key, r))
+                ref: Callable[[], Any] = weakref.ref(anchor, forget)
             except TypeError:  # not weak-referenceable: keep it alive with the watch
-                ref = lambda anchor=anchor: anchor  # noqa: E731
+                ref = keep
             watch = _Watch(ref, anchor.name)
             self._watches[key] = watch
             return watch
@@ -271,7 +278,7 @@ class AnchorStatus:
 
 
 class _Worker:
-    def __init__(self, pump: "AnchorPump", anchor: Anchor) -> None:
+    def __init__(self, pump: AnchorPump, anchor: Anchor) -> None:
         self.pump = pump
         self.anchor = anchor
         self.name = anchor.name
@@ -362,9 +369,10 @@ class AnchorPump:
 
     def backoff_s(self, failures: int) -> float:
         """Delay before retry number `failures`: doubling from the poll interval, capped."""
-        return min(self.backoff_max_s, self.poll_interval_s * 2 ** min(failures - 1, 30))
+        delay: float = self.poll_interval_s * 2 ** min(failures - 1, 30)
+        return min(self.backoff_max_s, delay)
 
-    def start(self) -> "AnchorPump":
+    def start(self) -> AnchorPump:
         if self._started:
             raise RuntimeError("an AnchorPump starts once")
         self._started = True
@@ -412,7 +420,7 @@ class AnchorPump:
     def last_error(self, name: str) -> str | None:
         return self.status()[name].last_error
 
-    def __enter__(self) -> "AnchorPump":
+    def __enter__(self) -> AnchorPump:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -16,10 +16,11 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable, Sequence, TypeVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .aggregates import Aggregate
 from .canonical import validate
@@ -29,6 +30,9 @@ from .errors import ConcurrencyConflict, InvalidEventError, LedgerUnavailable
 from .events import Event, decode_event
 from .store import ChainedSQLiteRecorder, PendingAppend, StreamAppend, open_recorder
 
+if TYPE_CHECKING:
+    from .ports import Readiness
+
 log = logging.getLogger("agentkeys.ledger")
 
 A = TypeVar("A", bound=Aggregate)
@@ -36,13 +40,13 @@ Clock = Callable[[], datetime]
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(slots=True)
 class _Request:
     pending: PendingAppend
-    future: Future
+    future: Future[list[ChainRecord]]
 
 
 _STOP = object()
@@ -55,7 +59,7 @@ class Ledger:
         config.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.recorder: ChainedSQLiteRecorder = open_recorder(str(config.db_path), lock_timeout_s=config.lock_timeout_s)
         self._head = self.recorder.check_head()
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # _Request items and the _STOP sentinel
         self._listeners: list[Callable[[ChainHead], None]] = []
         self._listeners_lock = threading.Lock()
         self._closed = False
@@ -64,11 +68,11 @@ class Ledger:
 
     # --- writing ----------------------------------------------------------------------------
 
-    def submit(self, stream: uuid.UUID, expected_version: int, events: Sequence[Event]) -> Future:
+    def submit(self, stream: uuid.UUID, expected_version: int, events: Sequence[Event]) -> Future[list[ChainRecord]]:
         """Queue an append; the future resolves to its `ChainRecord`s or raises."""
         return self.submit_many([(stream, expected_version, events)])
 
-    def submit_many(self, parts: Sequence[tuple[uuid.UUID, int, Sequence[Event]]]) -> Future:
+    def submit_many(self, parts: Sequence[tuple[uuid.UUID, int, Sequence[Event]]]) -> Future[list[ChainRecord]]:
         """Queue one atomic append across several streams: every part commits, or none does (a
         concurrency conflict on any part fails the whole append). Records come back in order."""
         if self._closed:
@@ -88,7 +92,7 @@ class Ledger:
                 validate(data, f"{event.type_name}")
                 items.append((event.type_name, data, at))
             stream_parts.append(StreamAppend(stream, expected_version, tuple(items)))
-        future: Future = Future()
+        future: Future[list[ChainRecord]] = Future()
         self._queue.put(_Request(PendingAppend(tuple(stream_parts)), future))
         return future
 
@@ -139,7 +143,7 @@ class Ledger:
                 r.future.set_exception(err)
             return
         self._head = head
-        for r, result in zip(batch, results):
+        for r, result in zip(batch, results, strict=False):
             if isinstance(result, Exception):
                 r.future.set_exception(result)
             else:
@@ -209,7 +213,7 @@ class Ledger:
                     raise
         raise AssertionError("unreachable")
 
-    def ready(self) -> "Readiness":
+    def ready(self) -> Readiness:
         """Live check: the writer thread runs and the database file takes a write now."""
         from .ports import Readiness
 
@@ -231,7 +235,7 @@ class Ledger:
         self._writer.join(timeout=30)
         self.recorder.datastore.close()
 
-    def __enter__(self) -> "Ledger":
+    def __enter__(self) -> Ledger:
         return self
 
     def __exit__(self, *exc: object) -> None:

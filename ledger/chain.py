@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .canonical import canonical_bytes, canonical_bytes_unchecked
@@ -36,7 +36,7 @@ def format_at(moment: datetime) -> str:
     """UTC, exactly six fractional digits, `Z` suffix: 2026-11-29T05:00:00.123456Z."""
     if moment.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def make_envelope(
@@ -108,5 +108,5 @@ class ChainHead:
     hash: str
 
     @classmethod
-    def empty(cls) -> "ChainHead":
+    def empty(cls) -> ChainHead:
         return cls(0, GENESIS)

@@ -15,7 +15,7 @@ import msgspec
 
 from .errors import InvalidEventError
 
-_REGISTRY: dict[str, type["Event"]] = {}
+_REGISTRY: dict[str, type[Event]] = {}
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -48,7 +48,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
         return type(self).__name__
 
     def to_data(self) -> dict[str, Any]:
-        data = msgspec.to_builtins(self)
+        data: dict[str, Any] = msgspec.to_builtins(self)
         for name in self.ADDED_FIELDS:
             if data.get(name) is None:
                 data.pop(name, None)

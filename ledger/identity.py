@@ -35,7 +35,7 @@ def checksum_address(address: str) -> str:
     """The EIP-55 mixed-case form of a `0x` + 40 hex address (any case in)."""
     hex40 = address[2:].lower()
     nibbles = keccak(hex40.encode("ascii")).hex()
-    return "0x" + "".join(c.upper() if c.isalpha() and int(n, 16) >= 8 else c for c, n in zip(hex40, nibbles))
+    return "0x" + "".join(c.upper() if c.isalpha() and int(n, 16) >= 8 else c for c, n in zip(hex40, nibbles, strict=False))
 
 
 def normalize_address(address: str) -> str:

@@ -24,8 +24,9 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from .aggregates import Aggregate, stream_id
 from .app import Ledger

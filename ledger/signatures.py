@@ -121,7 +121,7 @@ def recover_personal_sign(message: bytes | str, sig: Signature) -> str:
     else:
         raise TypeError("message must be bytes or str")
     try:
-        address = Account.recover_message(signable, vrs=(sig.v + 27, sig.r, sig.s))
+        address: str = Account.recover_message(signable, vrs=(sig.v + 27, sig.r, sig.s))
     except Exception as exc:  # eth-keys raises BadSignature / ValueError / coincurve errors
         raise SignatureError(
             "signature_unrecoverable", f"signature does not recover a public key: {type(exc).__name__}"

@@ -31,9 +31,9 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Iterable
+from datetime import UTC, datetime, timedelta
 
 from ledger.identity import normalize_address
 
@@ -130,7 +130,7 @@ def _utc(value: datetime, name: str) -> datetime:
         raise TypeError(f"{name} must be a datetime")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be timezone-aware (naive datetimes are ambiguous)")
-    return value.astimezone(timezone.utc).replace(microsecond=0)
+    return value.astimezone(UTC).replace(microsecond=0)
 
 
 def format_time(value: datetime) -> str:
@@ -142,7 +142,7 @@ def format_time(value: datetime) -> str:
 def parse_time(text: str) -> datetime:
     if not _TIME.fullmatch(text):
         raise ValueError(f"not a YYYY-MM-DDTHH:MM:SSZ time: {text!r}")
-    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=timezone.utc)
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
 
 
 def render_message(fields: SiweFields) -> str:
@@ -265,10 +265,10 @@ def _as_datetime(now: datetime | int | float) -> datetime:
     if isinstance(now, datetime):
         if now.tzinfo is None or now.utcoffset() is None:
             raise ValueError("now must be timezone-aware")
-        return now.astimezone(timezone.utc)
+        return now.astimezone(UTC)
     if isinstance(now, bool) or not isinstance(now, (int, float)):
         raise TypeError("now must be a datetime or Unix seconds")
-    return datetime.fromtimestamp(now, tz=timezone.utc)
+    return datetime.fromtimestamp(now, tz=UTC)
 
 
 def check_message(fields: SiweFields, *, expected_domain: str, expected_uri: str,

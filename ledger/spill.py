@@ -75,7 +75,7 @@ class SpillEntry:
     detail: str
 
     @classmethod
-    def from_request(cls, **fields: Any) -> "SpillEntry":
+    def from_request(cls, **fields: Any) -> SpillEntry:
         return cls(**{k: fields[k] for k in cls.__dataclass_fields__})
 
     def canonical(self) -> bytes:

@@ -13,8 +13,9 @@ the rows change: the runner then resets and replays the projection on start.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, Sequence, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -43,15 +44,23 @@ class Applied:
 class Projection(Protocol):
     """The contract between a read model and the runner."""
 
-    name: str
-    """Stable identifier: the CLI name and the key of its row in `projection_positions`."""
-    version: int
-    """Schema/semantics version; a change makes the runner rebuild the projection."""
-    metadata: sa.MetaData
-    """The projection's tables (and only them)."""
-    event_types: frozenset[str] | None
-    """Event type names the projection consumes (None: every decodable type). Records of other
-    types are not passed to it, but its position still advances past them."""
+    # Read-only members: the projections declare them as class variables (BaseProjection).
+    @property
+    def name(self) -> str:
+        """Stable identifier: the CLI name and the key of its row in `projection_positions`."""
+
+    @property
+    def version(self) -> int:
+        """Schema/semantics version; a change makes the runner rebuild the projection."""
+
+    @property
+    def metadata(self) -> sa.MetaData:
+        """The projection's tables (and only them)."""
+
+    @property
+    def event_types(self) -> frozenset[str] | None:
+        """Event type names the projection consumes (None: every decodable type). Records of other
+        types are not passed to it, but its position still advances past them."""
 
     def apply_batch(self, conn: Connection, items: Sequence[Applied]) -> None:
         """Apply consecutive records (in seq order) inside the caller's transaction."""

@@ -18,8 +18,10 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
+
 from ledger.errors import CommandError
 
 ENV_LEDGER_DB = "BROKER_LEDGER_DB"
@@ -134,6 +136,7 @@ def _rebuild(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from ledger.errors import LedgerError
+
     from . import registry
     from .db import open_engine
     from .errors import ProjectionError

@@ -16,9 +16,10 @@ rebuilt from the ledger.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -113,16 +114,18 @@ def bulk_insert_ignore(conn: Connection, table: sa.Table, rows: Sequence[tuple[A
         conn.exec_driver_sql(sql, list(rows))
     else:
         names = [c.name for c in table.columns]
-        conn.exec_driver_sql(sql, [dict(zip(names, r)) for r in rows])
+        conn.exec_driver_sql(sql, [dict(zip(names, r, strict=False)) for r in rows])
 
 
 def insert_ignore(conn: Connection, table: sa.Table) -> Any:
     """`INSERT ... ON CONFLICT DO NOTHING` for the connection's dialect (SQLite, PostgreSQL)."""
     name = conn.dialect.name
     if name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:  # pragma: no cover - other engines are not supported
-        raise NotImplementedError(f"projections do not support the {name} dialect")
-    return insert(table).on_conflict_do_nothing()
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing()
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    raise NotImplementedError(f"projections do not support the {name} dialect")  # pragma: no cover - other engines

@@ -4,15 +4,15 @@ runner from `all_projections()`."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .auth_requests import AuthRequestsProjection
 from .base import Projection
 from .errors import UnknownProjection
 from .grants import GrantsProjection
-from .sessions import SessionsProjection
 from .mints import MintsProjection
 from .quarantine import QuarantineProjection
+from .sessions import SessionsProjection
 from .wallets import WalletsProjection
 
 FACTORIES: dict[str, Callable[[], Projection]] = {

@@ -26,9 +26,10 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -66,7 +67,7 @@ class ProjectionStatus:
 
 
 def _now() -> str:
-    return format_at(datetime.now(timezone.utc))
+    return format_at(datetime.now(UTC))
 
 
 class ProjectionRunner:
@@ -497,7 +498,7 @@ class ProjectionRunner:
                 delay = self.poll_interval
             self._wake.wait(delay)
 
-    def __enter__(self) -> "ProjectionRunner":
+    def __enter__(self) -> ProjectionRunner:
         return self
 
     def __exit__(self, *exc: object) -> None:

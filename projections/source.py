@@ -40,7 +40,7 @@ class RecorderSource:
     def close(self) -> None:
         self.recorder.datastore.close()  # type: ignore[attr-defined]
 
-    def __enter__(self) -> "RecorderSource":
+    def __enter__(self) -> RecorderSource:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,8 +8,9 @@ stored and looked up lowercase.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -47,7 +48,7 @@ class Wallet:
 
 def _row(item: Applied) -> tuple[Any, ...]:
     """A `wallets` row, in the table's column order."""
-    ev = item.event
+    ev = cast(WalletBound, item.event)  # event_types admits WalletBound only
     return (
         ev.omni_account,
         ev.address.lower(),

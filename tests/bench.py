@@ -17,14 +17,14 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
 from ledger.app import Ledger
-from ledger.chain import DOMAIN_TAG, GENESIS, EXPORT_FORMAT, FORMAT_VERSION, make_envelope
 from ledger.canonical import canonical_bytes_unchecked
+from ledger.chain import DOMAIN_TAG, EXPORT_FORMAT, FORMAT_VERSION, GENESIS, make_envelope
 from ledger.config import LedgerConfig
 from ledger.events import WalletBound
 
@@ -102,7 +102,7 @@ def write_synthetic_export(path: Path, n: int) -> list[bytes]:
     """A valid n-record export (hashes computed with the chain rules), written directly."""
     enc = msgspec.json.Encoder(order="sorted")
     prev = GENESIS
-    at = datetime(2026, 11, 29, 5, 0, tzinfo=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    at = datetime(2026, 11, 29, 5, 0, tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     canon: list[bytes] = []
     lines: list[bytes] = []
     for seq in range(1, n + 1):
@@ -131,8 +131,6 @@ def bench_sign_in(quick: bool) -> list[str]:
     reported on its own. `/healthz` req/s in the same run (wrk if installed, else httpx) gives the
     ratio. Returns the table rows of the "Sign-in (SIWE)" section."""
     import asyncio
-    import re
-    import shutil
     import signal
 
     import httpx
@@ -186,7 +184,9 @@ def bench_sign_in(quick: bool) -> list[str]:
                     ts = time.perf_counter()
                     sig = "0x" + bytes(acct.sign_message(encode_defunct(text=challenge["siwe_message"])).signature).hex()
                     te = time.perf_counter()
-                    r = await client.post("/v1/auth/wallet/verify", json={"request_id": challenge["request_id"], "signature": sig})
+                    r = await client.post(
+                        "/v1/auth/wallet/verify", json={"request_id": challenge["request_id"], "signature": sig}
+                    )
                     assert r.status_code == 200 and r.json()["anchored"] == ["sqlite"], r.text
                     if record:
                         signing[0] += te - ts
@@ -235,7 +235,9 @@ def bench_sign_in(quick: bool) -> list[str]:
                     f"p99 {pct(lat, 0.99):.1f} ms; client signing {sign_s * 1000:.2f} ms of each |")
     rows.append(f"| client-side EIP-191 signing alone (eth-account, one core) | {sign_rate:,.0f} signatures/s "
                 f"({1000 / sign_rate:.2f} ms each) | {n_sign:,} signatures |")
-    rows.append(f"| `GET /healthz` on the same broker ({health_tool}, {health_seconds} s) | {health_rate:,.0f} req/s | same run |")
+    rows.append(
+        f"| `GET /healthz` on the same broker ({health_tool}, {health_seconds} s) | {health_rate:,.0f} req/s | same run |"
+    )
     rows.append(f"| `/healthz` requests per sign-in at concurrency 16 | {health_rate / results[16][0]:.1f}x | same run |")
     for row in rows:
         print(row, file=sys.stderr)
@@ -254,8 +256,6 @@ def bench_mint(quick: bool) -> list[str]:
     own overhead per mint is mint p50 minus STS p50, both at concurrency 1. Returns the rows of the
     "Mint (SQLite anchor, moto STS)" section."""
     import asyncio
-    import re
-    import shutil
     import signal
     from concurrent.futures import ThreadPoolExecutor
 
@@ -309,7 +309,7 @@ def bench_mint(quick: bool) -> list[str]:
             wallets = [Wallet() for _ in range(max(budget))]
             with httpx.Client(base_url=url, timeout=60) as c:
                 sessions = [sign_in(c, w)["session_jwt"] for w in wallets]
-                for w, jwt in zip(wallets[:4], sessions[:4]):  # warm-up: first mints (STS client, anchor)
+                for w, jwt in zip(wallets[:4], sessions[:4], strict=False):  # warm-up: first mints (STS client, anchor)
                     r = c.post("/v1/mint-aws-creds", json=signed_mint_body(w), headers={"Authorization": f"Bearer {jwt}"})
                     assert r.status_code == 200, r.text
 
@@ -394,7 +394,9 @@ def bench_mint(quick: bool) -> list[str]:
                     f"p99 {pct(lat, 0.99):.1f} ms |")
     overhead = pct(results[1][1], 0.5) - pct(sts_results[1][1], 0.5)
     rows.append(f"| broker overhead per mint at concurrency 1 (mint p50 - AssumeRole p50) | **{overhead:.1f} ms** | same run |")
-    rows.append(f"| `GET /healthz` on the same broker ({health_tool}, {health_seconds} s) | {health_rate:,.0f} req/s | same run |")
+    rows.append(
+        f"| `GET /healthz` on the same broker ({health_tool}, {health_seconds} s) | {health_rate:,.0f} req/s | same run |"
+    )
     for row in rows:
         print(row, file=sys.stderr)
     return rows
@@ -590,7 +592,7 @@ def bench_evm(quick: bool) -> list[str]:
             mined = [b for b in batches if b[4] is not None]
             assert [(b[0], b[1]) for b in mined] == [(b.first_seq, b.last_seq) for b in on_chain][:len(mined)]
             gas = {}
-            for first, last, status, tx_hash, block, gas_used in mined:
+            for first, _last, _status, tx_hash, _block, gas_used in mined:
                 if gas_used is None:  # not yet recorded: the receipt has it
                     gas_used = int(w3.eth.get_transaction_receipt(tx_hash)["gasUsed"])
                 gas[first] = int(gas_used)
@@ -642,9 +644,12 @@ def bench_evm(quick: bool) -> list[str]:
     rows.append(f"| mints per block during the load | **{n / span:.1f} mints per block** ({load_records / span:.1f} records "
                 f"anchored per block) | blocks {min(blocks)}..{max(blocks)}: {span} blocks, {len(blocks)} with a batch "
                 f"(at most one batch in flight) |")
-    rows.append(f"| gas per anchored event, batched (anchor-tx gas / records, batches of the load) | **{per_event:,.0f} gas** "
-                f"| {load_gas:,} gas / {load_records:,} records ({load_gas / n:,.0f} gas per mint); whole run {all_gas / all_records:,.0f} gas/event "
-                f"({all_gas:,} / {all_records:,}, {len(mined)} batches incl. sign-ins) |")
+    rows.append(
+        f"| gas per anchored event, batched (anchor-tx gas / records, batches of the load) | **{per_event:,.0f} gas** "
+        f"| {load_gas:,} gas / {load_records:,} records ({load_gas / n:,.0f} gas per mint); whole run "
+        f"{all_gas / all_records:,.0f} gas/event "
+        f"({all_gas:,} / {all_records:,}, {len(mined)} batches incl. sign-ins) |"
+    )
     rows.append(f"| gas of one `anchor()` per event (one-record batch, same anvil, second contract) | {ref_gas_one:,.0f} gas "
                 f"| median of {n_ref} one-record anchors in a row ({', '.join(f'{g:,}' for g in ref_gas)}) |")
     verdict = "meets" if ratio >= 100 else "misses"
@@ -663,14 +668,20 @@ def main() -> int:
     args = ap.parse_args()
     quick = args.quick
     rows: list[str] = []
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
 
     # 1. group commit vs one transaction per append, same run
     threads, per = (16, 50) if quick else (32, 200)
     grouped = statistics.median(bench_appends(threads, per, 256) for _ in range(3))
     single = statistics.median(bench_appends(threads, per, 1) for _ in range(3))
-    rows.append(f"| ledger append, {threads} concurrent writers, group commit (batch_max=256) | **{grouped:,.0f} events/s** | median of 3 |")
-    rows.append(f"| ledger append, {threads} concurrent writers, one transaction per append (batch_max=1) | **{single:,.0f} events/s** | median of 3 |")
+    rows.append(
+        f"| ledger append, {threads} concurrent writers, group commit (batch_max=256) | **{grouped:,.0f} events/s** | median "
+        f"of 3 |"
+    )
+    rows.append(
+        f"| ledger append, {threads} concurrent writers, one transaction per append (batch_max=1) | **{single:,.0f} "
+        f"events/s** | median of 3 |"
+    )
     rows.append(f"| group commit speed-up | **{grouped / single:.1f}x** | same run |")
     print(rows[-1], file=sys.stderr)
 
@@ -690,7 +701,10 @@ def main() -> int:
         dt = time.perf_counter() - t0
         assert out.returncode == 0, out.stderr
         verify_rate = n / dt
-    rows.append(f"| `audit verify --export` on {n:,} events (whole command, incl. start-up and parsing) | **{verify_rate:,.0f} events/s** ({dt:.2f} s) | one run |")
+    rows.append(
+        f"| `audit verify --export` on {n:,} events (whole command, incl. start-up and parsing) | **{verify_rate:,.0f} "
+        f"events/s** ({dt:.2f} s) | one run |"
+    )
     rows.append(f"| plain `hashlib.sha256` over the same records' canonical bytes | {sha_rate:,.0f} records/s | same run |")
     rows.append(f"| verify cost relative to bare hashing | {sha_rate / verify_rate:.1f}x | same run |")
     print(rows[-3], file=sys.stderr)
@@ -700,8 +714,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         db = Path(d) / "ledger.sqlite"
         led = Ledger(LedgerConfig(db))
-        futures = [led.submit(uuid.uuid4(), 0, [WalletBound(omni_account=f"{i % 997:064x}", address=f"0x{i:040x}", role="master")])
-                   for i in range(m)]
+        futures = [
+            led.submit(uuid.uuid4(), 0, [WalletBound(omni_account=f"{i % 997:064x}", address=f"0x{i:040x}", role="master")])
+            for i in range(m)
+        ]
         for f in futures:
             f.result()
         led.close()
@@ -710,7 +726,10 @@ def main() -> int:
         out = subprocess.run([str(cli), "projections", "rebuild", "wallets", "--db", str(db)], capture_output=True, text=True)
         dt = time.perf_counter() - t0
         assert out.returncode == 0, out.stderr
-    rows.append(f"| `projections rebuild wallets` from a {m:,}-event ledger (whole command) | **{m / dt:,.0f} events/s** ({dt:.2f} s) | one run |")
+    rows.append(
+        f"| `projections rebuild wallets` from a {m:,}-event ledger (whole command) | **{m / dt:,.0f} events/s** ({dt:.2f} s) "
+        f"| one run |"
+    )
     print(rows[-1], file=sys.stderr)
 
     # 4. sign-in (SIWE) over real HTTP

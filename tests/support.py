@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from datetime import UTC
 from pathlib import Path
 
 import uvicorn
@@ -60,7 +61,7 @@ class LiveServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         self.thread.start()
         deadline = time.monotonic() + 15
         while not self.server.started:
@@ -105,7 +106,7 @@ DEV_BUCKET = "agentkeys-dev"
 MASTERS: dict[str, str] = {}
 
 
-def omni_of(who: "Wallet | str") -> str:
+def omni_of(who: Wallet | str) -> str:
     """The OmniAccount of a wallet, of a session JWT (its `sub`), or an OmniAccount itself."""
     if isinstance(who, Wallet):
         from ledger.identity import evm_omni_account
@@ -121,12 +122,12 @@ def omni_of(who: "Wallet | str") -> str:
     return who
 
 
-def ns(master: "Wallet | str", rest: str = "agents/a1/", bucket: str = DEV_BUCKET) -> str:
+def ns(master: Wallet | str, rest: str = "agents/a1/", bucket: str = DEV_BUCKET) -> str:
     """A scope in `master`'s namespace (design §3a: `<bucket>/<omni_account>/...`)."""
     return f"{bucket}/{omni_of(master)}/{rest}"
 
 
-def remember_master(daemon_address: str, master: "Wallet | str") -> None:
+def remember_master(daemon_address: str, master: Wallet | str) -> None:
     MASTERS[daemon_address.lower()] = omni_of(master)
 
 
@@ -139,11 +140,11 @@ def signed_mint_body(wallet: Wallet, *, request_id: str | None = None, service: 
         scope_path = ns(MASTERS.get(wallet.address.lower()) or wallet)
     import json
     import uuid as _uuid
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     body = {
         "request_id": request_id or f"req-{_uuid.uuid4().hex}",
-        "issued_at": issued_at or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "issued_at": issued_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "intent": {"agent_id": agent_id, "service": service, "scope_path": scope_path},
         "auth": {"address": address or wallet.address, "signature": ""},
         **(extra or {}),

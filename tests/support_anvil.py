@@ -10,7 +10,7 @@ Import the ones you use into the test module, e.g.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

@@ -11,7 +11,8 @@ moto_endpoint  # noqa: F401`):
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 

@@ -57,7 +57,7 @@ class SmtpSink:
     def url(self) -> str:
         return f"smtp://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "SmtpSink":
+    def __enter__(self) -> SmtpSink:
         self.controller.start()
         return self
 
@@ -208,7 +208,7 @@ class LocalOidcProvider:
 
         return Handler
 
-    def __enter__(self) -> "LocalOidcProvider":
+    def __enter__(self) -> LocalOidcProvider:
         self.thread.start()
         return self
 

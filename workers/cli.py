@@ -9,8 +9,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from anchors import cli as anchors_cli
-from api import cli as api_cli
 from api import backup_cli, client_cli, integrity_cli, keys_cli, masters_cli, operator_cli
+from api import cli as api_cli
 from ledger.errors import CommandError
 from projections import cli as projections_cli
 

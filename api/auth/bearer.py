@@ -9,14 +9,14 @@ Refusals are `Refusal`s (mapped to 401 by `api/errors.py`): `unauthenticated` wi
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from projections.sessions import session_revoked
-
 from ledger.services.caller import Caller
 from ledger.services.refusals import Refusal
+from projections.sessions import session_revoked
 
 from .session_jwt import SessionClaims, SessionTokenError, verify_session_token
 

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 import msgspec
 
 from ledger.aggregates import stream_id
 from ledger.app import Ledger
 from ledger.events import SessionRevoked
+from ledger.services.refusals import Refusal
 from projections.runner import ProjectionRunner
 from projections.sessions import revoked_by
-
-from ledger.services.refusals import Refusal
 
 from .session_jwt import SessionClaims
 

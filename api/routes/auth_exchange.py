@@ -14,11 +14,13 @@ from .openapi_hooks import RetryAfterOperation
 
 _ERRORS = {
     400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="The legacy bearer path is not enabled"),
-    401: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Missing bearer, or the backend rejected it"),
+    401: ResponseSpec(data_container=ErrorBody, generate_examples=False,
+                      description="Missing bearer, or the backend rejected it"),
     429: ResponseSpec(data_container=ErrorBody, generate_examples=False,
                       description="Too many legacy bearer requests from this address (Retry-After)"),
     502: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Backend unreachable"),
-    503: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Anchors did not confirm the session in time"),
+    503: ResponseSpec(data_container=ErrorBody, generate_examples=False,
+                      description="Anchors did not confirm the session in time"),
 }
 
 

@@ -17,8 +17,10 @@ class SessionRevokeResponse(msgspec.Struct):
 
 
 _ERRORS = {
-    400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="The body is neither empty nor {\"all\": bool}"),
-    401: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Missing, invalid or already revoked session JWT"),
+    400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="The body is neither empty nor {\"all\": "
+                                                                                     "bool}"),
+    401: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Missing, invalid or already revoked "
+                                                                                     "session JWT"),
     503: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Recorded but not enforced yet; retry"),
 }
 

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 from litestar import Request, post
-from litestar.params import JSONBody
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
+from litestar.params import JSONBody
 
-from ledger.siwe import SIWE_TTL_SECONDS
 from ledger.services.refusals import Refusal
+from ledger.siwe import SIWE_TTL_SECONDS
 
 from ..errors import ApiError, refusal_kind
-from .openapi_hooks import RetryAfterOperation
 from ..schemas import ErrorBody, SessionResponse, WalletStartRequest, WalletStartResponse, WalletVerifyRequest
+from .openapi_hooks import RetryAfterOperation
 
 _ERRORS = {
-    400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Malformed body, address, signature or chain id"),
-    401: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Challenge unknown, consumed or expired; signature does not match"),
+    400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Malformed body, address, signature or "
+                                                                                     "chain id"),
+    401: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Challenge unknown, consumed or expired; "
+                                                                                     "signature does not match"),
     413: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Body too large"),
     429: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Rate limited (see Retry-After)"),
-    503: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Anchors did not confirm the session in time; nothing released"),
+    503: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Anchors did not confirm the session in "
+                                                                                     "time; nothing released"),
 }
 
 

@@ -23,10 +23,19 @@ from ..schemas import (
 )
 
 _ERRORS = {
-    400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Malformed request (unknown_service: not a catalogue name; invalid_scope), or grant not found / not yours / already revoked"),
+    400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Malformed request (unknown_service: not a "
+                                                                                     "catalogue name; invalid_scope), or grant "
+                                                                                     "not found / not yours / already revoked"),
     401: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Missing or invalid session JWT"),
-    403: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="The session cannot grant (not_owner), the scope is outside every root the master owns (scope_not_owned: namespaced tenancy owns <bucket>/<omni_account>/), the master holds no root of the service (not_enrolled), or the daemon is bound to another master (daemon_bound_elsewhere)"),
-    409: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="The daemon address is bound with another role in this account"),
+    403: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="The session cannot grant (not_owner), the "
+                                                                                     "scope is outside every root the master "
+                                                                                     "owns (scope_not_owned: namespaced tenancy "
+                                                                                     "owns <bucket>/<omni_account>/), the master "
+                                                                                     "holds no root of the service "
+                                                                                     "(not_enrolled), or the daemon is bound to "
+                                                                                     "another master (daemon_bound_elsewhere)"),
+    409: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="The daemon address is bound with another "
+                                                                                     "role in this account"),
     413: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Body too large"),
 }
 

@@ -6,13 +6,10 @@ body and its signed canonical form (400 when it does not parse), calls the mint 
 
 from __future__ import annotations
 
-
 import msgspec
-
 from litestar import Request, post
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
-from .openapi_hooks import RetryAfterOperation
 
 from ledger.identity import normalize_address
 from ledger.services.mint import MintIntent, MintResult, canonical_signing_input
@@ -21,17 +18,28 @@ from ..auth.bearer import bearer_token, caller_of, verify_session
 from ..auth.session_jwt import looks_like_session_jwt
 from ..errors import ApiError
 from ..schemas import ErrorBody, MintRequestSchema, MintResponse
+from .openapi_hooks import RetryAfterOperation
 
 _ERRORS = {
-    400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Malformed body or signature (invalid_agent_id, unknown_service, invalid_scope); stale issued_at"),
-    401: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Session JWT invalid; signature not by the session's wallet"),
-    403: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="No usable grant (reason: no_grant, grant_revoked, grant_expired, grant_exhausted, scope_not_granted, agent_not_granted), or the grant's master no longer owns the scope (scope_not_owned, not_enrolled; re-checked at every mint)"),
-    409: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="request_id already used by this wallet (reason: request_replayed)"),
+    400: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Malformed body or signature "
+                                                                                     "(invalid_agent_id, unknown_service, "
+                                                                                     "invalid_scope); stale issued_at"),
+    401: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Session JWT invalid; signature not by the "
+                                                                                     "session's wallet"),
+    403: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="No usable grant (reason: no_grant, "
+                                                                                     "grant_revoked, grant_expired, "
+                                                                                     "grant_exhausted, scope_not_granted, "
+                                                                                     "agent_not_granted), or the grant's master "
+                                                                                     "no longer owns the scope (scope_not_owned, "
+                                                                                     "not_enrolled; re-checked at every mint)"),
+    409: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="request_id already used by this wallet "
+                                                                                     "(reason: request_replayed)"),
     413: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Body too large"),
     429: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Too many mints for this account, "
                       "or too many failed signatures from this address or for this wallet (Retry-After)"),
     502: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="STS refused or unreachable (sts_error)"),
-    503: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Anchors did not confirm in time; nothing released (anchor_unavailable)"),
+    503: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Anchors did not confirm in time; nothing "
+                                                                                     "released (anchor_unavailable)"),
 }
 
 

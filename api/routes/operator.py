@@ -16,9 +16,9 @@ from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
-
 from ..errors import ApiError
 from ..schemas import ErrorBody
+
 
 # the quarantine use case's refusal reasons -> wire kinds (design §4, §8)
 class ResolveRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -45,9 +45,11 @@ _ERRORS = {
     401: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="No operator credential"),
     403: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="A session that is not an operator's"),
     404: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="No such case"),
-    409: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="The case is closed (or re-anchoring): `case_closed`"),
+    409: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="The case is closed (or re-anchoring): "
+                                                                                     "`case_closed`"),
     413: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="Body too large"),
-    502: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="IAM refused the kill switch; nothing recorded"),
+    502: ResponseSpec(data_container=ErrorBody, generate_examples=False, description="IAM refused the kill switch; nothing "
+                                                                                     "recorded"),
 }
 # what a GET can answer: no body, no case to conflict with
 _READ_ERRORS = {k: v for k, v in _ERRORS.items() if k in (400, 401, 403)}
@@ -71,7 +73,8 @@ def quarantine_list(request: Request, state: State,
       responses={**_ERRORS, 202: ResponseSpec(data_container=ResolveResponse, generate_examples=False,
                                               description="reanchor: the worker closes the case once the anchor confirms")},
       summary="Resolve a quarantine case: reanchor (202), accept or revoke (200)")
-async def quarantine_resolve(case_id: Annotated[str, PathParameter(description="q-<seq>")], data: JSONBody[ResolveRequest], request: Request,
+async def quarantine_resolve(case_id: Annotated[str, PathParameter(description="q-<seq>")], data: JSONBody[ResolveRequest],
+                             request: Request,
                              state: State) -> Response[ResolveResponse]:
     """`revoke` applies the role kill switch (every live session of the mint's role, every
     tenant) before recording the resolution."""

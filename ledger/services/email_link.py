@@ -15,8 +15,9 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Final
 
 from ..app import Ledger
 from ..events import AuthFailed, AuthSucceeded, EmailLinkRequested
@@ -25,7 +26,7 @@ from ..ports import Clock, EmailDeliveryError, EmailMessage, EmailSender, Limite
 from ..signin_request import SignInNotPending, SignInRequest
 from .signin_requests import SignInRefused, append_outcome, sha256_hex
 
-METHOD = "email_link"
+METHOD: Final = "email_link"
 LINK_TTL_S = 600
 TOKEN_BYTES = 32  # 256-bit token, 43 base64url characters
 REQUEST_ID_DOMAIN = b"agentkeys.email_link.v1\x00"
@@ -119,7 +120,7 @@ class EmailLinkService:
                     detail="magic link expired (>10min after issued_at)"))
                 raise SignInRefused("challenge_expired", "magic link expired (>10min after issued_at)") from None
             raise SignInRefused(exc.reason, "magic link unknown or already consumed") from None
-        assert isinstance(started, EmailLinkRequested)
+        assert isinstance(started, EmailLinkRequested)  # noqa: S101  type narrowing of an invariant established just above
         if request_id is not None and not hmac.compare_digest(request_id.encode(), own_id.encode()):
             await append_outcome(self.ledger, request, AuthFailed(
                 method=METHOD, request_id=own_id, reason="request_id_mismatch",

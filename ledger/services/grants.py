@@ -2,7 +2,8 @@
 credentials for one service under a scope path prefix, until an expiry, at most N times.
 
 create: the service must be in the catalogue (`unknown_service`) and the scope inside a root the
-        master owns (`not_enrolled`, `scope_not_owned`; `access.py`); then one atomic append binds the daemon (`WalletBound`, role `daemon`, parent = the master, in
+        master owns (`not_enrolled`, `scope_not_owned`; `access.py`); then one atomic append binds the
+        daemon (`WalletBound`, role `daemon`, parent = the master, in
         the master's OmniAccount) and writes `GrantCreated` with its signed `audit_proof`. A daemon
         belongs to one master at a time (design §3a): while another master holds a live
         (unexpired, unrevoked) grant naming it, a grant is refused `daemon_bound_elsewhere`. A grant
@@ -20,7 +21,8 @@ import re
 import secrets
 import time
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from typing import Final
 
 from ..aggregates import stream_id
 from ..app import Ledger
@@ -30,7 +31,7 @@ from .refusals import Refusal
 from .release import ReleasePath
 from .signin import Session, issue_session
 
-METHOD = "legacy_bearer"
+METHOD: Final = "legacy_bearer"
 
 
 def token_sha256(token: str) -> str:

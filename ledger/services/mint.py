@@ -54,27 +54,40 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import AsyncIterator, Sequence, get_args
+from datetime import UTC, datetime
+from typing import get_args
 
 from ..aggregates import Grant, GrantRefused, MintRequest, stream_id
 from ..app import Ledger
 from ..canonical import canonical_bytes
 from ..chain import ChainRecord
 from ..errors import ConcurrencyConflict, LedgerUnavailable
-from ..events import (GrantCreated, MintAuthorized, MintDenialReason, MintDenied, MintRequested, MintUnreleased,
-                      MintWithheld)
+from ..events import GrantCreated, MintAuthorized, MintDenialReason, MintDenied, MintRequested, MintUnreleased, MintWithheld
 from ..identity import evm_omni_account, normalize_address
-from ..ports import (AnchorReadiness, AssumeRoleRequest, Clock, CredentialMinter, GrantLookup, IssuedCredentials,
-                     LedgerSpace, NoUnrecordedOutcomes, RateDecision, RateLimit, StsError, UnrecordedCredentialSink,
-                     UnrecordedOutcomes)
+from ..ports import (
+    AnchorReadiness,
+    AssumeRoleRequest,
+    Clock,
+    CredentialMinter,
+    GrantCandidate,
+    GrantLookup,
+    IssuedCredentials,
+    LedgerSpace,
+    NoUnrecordedOutcomes,
+    RateDecision,
+    RateLimit,
+    StsError,
+    UnrecordedCredentialSink,
+    UnrecordedOutcomes,
+)
 from ..scopes import ScopeError
-from ..spill import SpillEntry, spill_or_log
 from ..signatures import SignatureError, verify_personal_sign
-from .caller import Caller
+from ..spill import SpillEntry, spill_or_log
 from .access import Access
+from .caller import Caller
 from .grants import AGENT_ID, agent_allowed, scope_covers
 from .refusals import Refusal
 from .release import ReleasePath, Withheld, WithheldAppend
@@ -165,7 +178,7 @@ def parse_issued_at(value: str) -> datetime:
     if not isinstance(value, str) or not (value.endswith("Z") or value.endswith("+00:00")) or "T" not in value:
         raise ValueError("issued_at must be an RFC 3339 UTC timestamp, e.g. 2026-11-29T05:00:00Z")
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if parsed.utcoffset() != timezone.utc.utcoffset(None):
+    if parsed.utcoffset() != UTC.utcoffset(None):
         raise ValueError("issued_at must be UTC")
     return parsed
 
@@ -287,7 +300,7 @@ class MintService:
         now = self.clock()
         request_id = f"legacy-{uuid.uuid4().hex}"
         intent = MintIntent(request_id=request_id,
-                            issued_at=datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                            issued_at=datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                             agent_id="legacy", service=service, scope_path="", address=wallet, signature="")
         ctx = _Ctx(omni_account=evm_omni_account(wallet), identity_type="legacy_bearer",
                    identity_value=token_sha256, session_jti="", intent=intent, wallet=wallet.lower())
@@ -500,7 +513,7 @@ class MintService:
         """The grant this request mints against, decided on the aggregate; or (None, None) for an
         implicit self-mint when grants are not required."""
         intent = ctx.intent
-        candidates: Sequence = self.grants.for_daemon(ctx.wallet, intent.service)
+        candidates: Sequence[GrantCandidate] = self.grants.for_daemon(ctx.wallet, intent.service)
         now = int(self.clock())
         refusal: tuple[str, str] | None = None
         for row in candidates:

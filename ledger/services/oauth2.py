@@ -19,8 +19,9 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Final
 
 from ..app import Ledger
 from ..events import AuthFailed, AuthSucceeded, OAuth2FlowStarted
@@ -29,7 +30,7 @@ from ..ports import Clock, IdentityProvider, IdentityProviderError, Limiter
 from ..signin_request import SignInNotPending, SignInRequest
 from .signin_requests import SignInRefused, append_outcome, sha256_hex
 
-METHOD = "oauth2_google"
+METHOD: Final = "oauth2_google"
 FLOW_TTL_S = 600
 STATE_VERSION = 1
 STATE_FUTURE_SKEW_S = 60

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from ..aggregates import AuthChallenge, MintRequest
 from ..app import Ledger
@@ -50,7 +51,7 @@ Positions = Callable[[], Mapping[str, int]]  # required anchor name -> its confi
 
 
 def parse_at(value: str) -> float:
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 @dataclass
@@ -122,7 +123,7 @@ def _append(ledger: Ledger, cls: type, stream: uuid.UUID, decide: Callable[[obje
     returns None (already settled) or a live request settled it meanwhile."""
     for _ in range(3):
         try:
-            agg = ledger.load(cls, stream)
+            agg: Any = ledger.load(cls, stream)
         except LedgerError as exc:  # a stream of an unexpected shape: leave it, say so, go on
             log.error("outcome sweep: cannot load %s %s: %s", cls.__name__, stream, exc)
             return False
@@ -152,7 +153,7 @@ def _settle_authorization(ledger: Ledger, record: ChainRecord, positions: Mappin
     reason_detail = "interrupted"
     if kind == "mint":
         def decide_mint(agg: object) -> Event | None:
-            assert isinstance(agg, MintRequest)
+            assert isinstance(agg, MintRequest)  # noqa: S101  type narrowing of an invariant established just above
             if agg.withheld is not None or agg.unconfirmed is not None:
                 return None
             if missing:
@@ -162,7 +163,7 @@ def _settle_authorization(ledger: Ledger, record: ChainRecord, positions: Mappin
         written = _append(ledger, MintRequest, stream, decide_mint)
     else:
         def decide_session(agg: object) -> Event | None:
-            assert isinstance(agg, AuthChallenge)
+            assert isinstance(agg, AuthChallenge)  # noqa: S101  type narrowing of an invariant established just above
             if agg.withheld is not None or agg.unconfirmed is not None:
                 return None
             if missing:
@@ -179,7 +180,7 @@ def _settle_request(ledger: Ledger, record: ChainRecord, role_arn_for: Callable[
     data = record.data
 
     def decide(agg: object) -> Event | None:
-        assert isinstance(agg, MintRequest)
+        assert isinstance(agg, MintRequest)  # noqa: S101  type narrowing of an invariant established just above
         if agg.authorized is not None or agg.unreleased is not None or agg.denied is not None:
             return None
         return MintUnreleased(

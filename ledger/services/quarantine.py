@@ -15,9 +15,9 @@ names its operator (design §8 "Operators").
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable, Sequence
+from datetime import UTC, datetime
 
 from ..aggregates import CaseRefused, QuarantineCase
 from ..app import Ledger
@@ -54,7 +54,7 @@ def case_seq(case_id: str) -> int:
 
 
 def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class QuarantineService:
@@ -63,7 +63,7 @@ class QuarantineService:
         *,
         ledger: Ledger,
         kill_switch: RoleKillSwitch | None,
-        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.ledger = ledger
         self.kill_switch = kill_switch
@@ -160,7 +160,7 @@ class QuarantineService:
                                        reason=f"re-anchored: {', '.join(case.opened.missing_anchors)} confirmed "
                                               f"seq {seq} (requested by {last.operator})")
             try:
-                _, written = self.ledger.execute(QuarantineCase, case.stream, lambda agg: agg.resolve(event))
+                _, written = self.ledger.execute(QuarantineCase, case.stream, lambda agg: agg.resolve(event))  # noqa: B023  lambda runs synchronously inside this iteration
             except CaseRefused:
                 continue
             if written:

@@ -25,9 +25,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
 
 from ..app import Ledger
 from ..chain import ChainRecord as Record
@@ -43,7 +43,7 @@ log = logging.getLogger("agentkeys.release")
 WithheldAppend = tuple[uuid.UUID, int, Sequence[Event]]
 
 
-def _log_failed_withheld(future: "Future[object]") -> None:
+def _log_failed_withheld(future: Future[list[Record]]) -> None:
     exc = future.exception()
     if exc is not None:
         log.error("could not record the cancelled outcome (the outcome sweep will): %s", exc)

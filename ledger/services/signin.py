@@ -15,7 +15,8 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from ..aggregates import AuthChallenge, ChallengeNotPending, WalletBinding
 from ..app import Ledger
@@ -29,7 +30,7 @@ from ..siwe import SIWE_TTL_SECONDS, build_message, new_nonce, new_request_id, v
 from .refusals import Refusal
 from .release import ReleasePath, WithheldAppend
 
-METHOD = "wallet_sig"
+METHOD: Final = "wallet_sig"
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class WalletSignIn:
         self.clock = clock
 
     def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock(), timezone.utc)
+        return datetime.fromtimestamp(self.clock(), UTC)
 
     # --- start ------------------------------------------------------------------------------
 

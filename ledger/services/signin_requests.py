@@ -114,7 +114,7 @@ class SignInPolls:
             return PollResult("pending")
         if isinstance(outcome, AuthFailed):
             return PollResult("failed", reason=outcome.detail)
-        assert isinstance(outcome, AuthSucceeded)
+        assert isinstance(outcome, AuthSucceeded)  # noqa: S101  type narrowing of an invariant established just above
         if request.session is not None:
             raise SignInRefused("session_delivered", "the session of this sign-in was already delivered")
         issued = self.signer.issue(outcome.omni_account, outcome.wallet_address, outcome.identity_type,

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 from web3.exceptions import ContractCustomError
 
 from anchors import chain_tools
-from ledger.audit import merkle
 from anchors.chain_tools import OnChainBatch
+from ledger.audit import merkle
 from tests.support_anvil import Anvil, anvil_module  # noqa: F401  (fixture)
 
 from .chains import make_chain
@@ -361,7 +362,7 @@ def test_verify_inclusion_agrees_with_python(w3: Any, anchor: Any) -> None:
                     assert py is False, (n, i, label)
                 cases.append(((n, i, label), (flh, m, size, fproof, froot), py))
     results = call_many(w3, [fn(*args) for _, args, _ in cases])
-    mismatches = [(where, got, want) for (where, _, want), got in zip(cases, results) if got is not want]
+    mismatches = [(where, got, want) for (where, _, want), got in zip(cases, results, strict=False) if got is not want]
     assert not mismatches, mismatches[:10]
     assert len(cases) > 1000
 

@@ -14,8 +14,8 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -154,7 +154,7 @@ def test_keystore_deploy_anchor_status(node: Anvil, keys: dict[str, Path], tmp_p
     # holds exactly the batches the anchor cut, none larger than batch_max, covering 1..30
     firsts = [b["first_seq"] for b in chain["batches"]]
     assert firsts == local_firsts and firsts[0] == 1 and chain["batch_count"] == len(firsts) >= 5
-    assert all(b - a <= 7 for a, b in zip(firsts, firsts[1:] + [31]))
+    assert all(b - a <= 7 for a, b in zip(firsts, firsts[1:] + [31], strict=False))
     assert chain["fee_payer"] == node.accounts[1].address and int(chain["fee_payer_balance_wei"]) > 0
     assert report["anchors"]["evm"]["pending_batches"] == []
 

@@ -4,9 +4,7 @@ free loopback port), on real SQLite files."""
 from __future__ import annotations
 
 import os
-import socket
 import stat
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -43,7 +41,16 @@ def test_readyz_lists_every_check_when_ready(live: LiveServer) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     assert body == {"status": "ready", "degraded": False, "checks": [], "ready": body["ready"], "age_ms": body["age_ms"]}
-    assert set(body["ready"]) == {"ledger", "ledger/integrity", "sts", "anchor/sqlite", "keys/session", "keys/oidc", "auth/wallet_sig", "projections"}
+    assert set(body["ready"]) == {
+        "ledger",
+        "ledger/integrity",
+        "sts",
+        "anchor/sqlite",
+        "keys/session",
+        "keys/oidc",
+        "auth/wallet_sig",
+        "projections",
+    }
     assert set(body["age_ms"]) == set(body["ready"])
     assert all(isinstance(v, int) and 0 <= v < 60_000 for v in body["age_ms"].values())
 

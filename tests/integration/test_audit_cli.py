@@ -11,7 +11,7 @@ import json
 import sqlite3
 import subprocess
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from ledger.events import WalletBound
 from tests.conftest import cli_path
 
 N = 12
-T0 = datetime(2026, 11, 29, 5, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 29, 5, 0, 0, tzinfo=UTC)
 _ENC = msgspec.json.Encoder(order="sorted")
 
 

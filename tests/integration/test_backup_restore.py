@@ -38,7 +38,7 @@ def table_rows(db: Path) -> dict[str, list[tuple]]:
     conn = sqlite3.connect(db)
     try:
         names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        return {n: sorted(conn.execute(f'SELECT * FROM "{n}"').fetchall(), key=repr)
+        return {n: sorted(conn.execute(f'SELECT * FROM "{n}"').fetchall(), key=repr)  # noqa: S608  n is a table name read from sqlite_master
                 for n in names if n != "projection_positions" and not n.startswith("sqlite_")}
     finally:
         conn.close()

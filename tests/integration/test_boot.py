@@ -20,7 +20,7 @@ def serve(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 
 def one_line(out: subprocess.CompletedProcess) -> str:
-    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, out.stderr
     assert "Traceback" not in out.stderr
     return lines[0]
@@ -92,7 +92,8 @@ def test_bad_plugin_selection_refuses_to_boot(tmp_path: Path, subprocess_env, va
 
 def test_serve_boots_warns_on_non_loopback_and_stops_on_sigterm(tmp_path: Path, subprocess_env) -> None:
     port = free_port()
-    proc = subprocess.Popen([cli_path(), "serve", "--host", "0.0.0.0", "--port", str(port), "--skip-startup-check"], cwd=ROOT,
+    proc = subprocess.Popen([cli_path(), "serve", "--host", "0.0.0.0",  # noqa: S104  the test checks a non-loopback bind
+                             "--port", str(port), "--skip-startup-check"], cwd=ROOT,
                             env={**subprocess_env, **broker_env(tmp_path)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:

@@ -22,10 +22,11 @@ import json
 import sqlite3
 import subprocess
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import msgspec
 import pytest
@@ -34,8 +35,8 @@ from anchors import chain_tools
 from anchors.chain_reader import ChainReader
 from anchors.proof_builder import verify_bundle_on_chain
 from ledger import audit
-from ledger.audit import merkle, proofs
 from ledger.app import Ledger
+from ledger.audit import merkle, proofs
 from ledger.chain import GENESIS, recompute_hash
 from ledger.config import LedgerConfig
 from ledger.events import WalletBound
@@ -47,7 +48,7 @@ pytestmark = pytest.mark.timeout(600)
 
 N = 30
 BATCHES = [(1, 1), (2, 8), (9, 16), (17, 29)]  # seq 30 stays unanchored (the broker has not got to it yet)
-T0 = datetime(2026, 11, 29, 5, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 29, 5, 0, 0, tzinfo=UTC)
 STREAMS = [uuid.UUID(int=0xC4A1_0000 + i) for i in range(4)]
 _ENC = msgspec.json.Encoder(order="sorted")
 
@@ -116,7 +117,9 @@ def deploy(w3: Any, node: Anvil, start_seq: int = 1) -> Any:
     return chain_tools.deploy(w3, owner, submitter.address, start_seq).contract
 
 
-def anchor_batches(w3: Any, node: Anvil, contract: Any, records: list[dict[str, Any]], bounds: list[tuple[int, int]]) -> list[Any]:
+def anchor_batches(
+    w3: Any, node: Anvil, contract: Any, records: list[dict[str, Any]], bounds: list[tuple[int, int]]
+) -> list[Any]:
     """Anchor each (first, last) batch of `records` as the broker would; returns the receipts."""
     by_seq = {r["seq"]: r for r in records}
     receipts = []
@@ -363,9 +366,12 @@ def test_prove_refuses_a_ledger_that_no_longer_matches_the_chain(env: Env) -> No
     # content changed in the SQLite ledger itself (hashes untouched): the record no longer matches its hash
     with sqlite3.connect(env.db) as conn:
         stream, version = conn.execute("SELECT stream, version FROM ledger_records WHERE seq = 5").fetchone()
-        state = json.loads(conn.execute(
-            "SELECT state FROM stored_events WHERE originator_id = ? AND originator_version = ?", (stream.replace("-", ""), version)
-        ).fetchone()[0])
+        state = json.loads(
+            conn.execute(
+                "SELECT state FROM stored_events WHERE originator_id = ? AND originator_version = ?",
+                (stream.replace("-", ""), version),
+            ).fetchone()[0]
+        )
         state["data"]["role"] = "daemon"
         conn.execute(
             "UPDATE stored_events SET state = ? WHERE originator_id = ? AND originator_version = ?",
@@ -597,7 +603,7 @@ def test_reader_chunks_and_falls_back_without_batch_requests(env: Env, w3: Any, 
     single = list(reader.batches(env.contract))
     assert batched == single
     assert [(b.index, b.first_seq, b.last_seq) for b in single] == [(i, lo, hi) for i, (lo, hi) in enumerate(BATCHES)]
-    for b, (lo, hi) in zip(single, BATCHES):
+    for b, (lo, hi) in zip(single, BATCHES, strict=False):
         hashes = [r["hash"] for r in env.records[lo - 1 : hi]]
         assert b.root == merkle.root(merkle.leaves_from_record_hashes(hashes))
         assert b.chain_head.hex() == hashes[-1]

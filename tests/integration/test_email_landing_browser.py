@@ -14,9 +14,9 @@ import pytest
 
 from api.config import BrokerConfig
 from api.runtime import Services
+from tests.integration.test_email_link import email_env
 from tests.support import LiveServer, free_port
 from tests.support_signin import SmtpSink
-from tests.integration.test_email_link import email_env
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 

@@ -15,9 +15,10 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -163,7 +164,7 @@ def test_batches_cut_by_size_then_by_age_one_tx_each(env: Env) -> None:
     logs = env.contract.events.Anchored.get_logs(from_block=0, to_block="latest")
     assert len(logs) == 4  # one Anchored event, one transaction, per batch
     assert {b["tx_hash"] for b in anchor.batches()} == {"0x" + bytes(e["transactionHash"]).hex() for e in logs}
-    for local, onchain in zip(anchor.batches(), batches):
+    for local, onchain in zip(anchor.batches(), batches, strict=False):
         assert (local["root"], local["chain_head"]) == (onchain.root, onchain.chain_head)
     assert all(anchor.verify(r.seq, r.hash) for r in chain)
 
@@ -628,7 +629,7 @@ def test_gas_per_anchored_event(env: Env, capsys: pytest.CaptureFixture[str]) ->
     batches = anchor.batches()
     assert [b["last_seq"] - b["first_seq"] + 1 for b in batches] == [1, 1, 10, 100, 1000]
     gas = [int(b["gas_used"]) for b in batches]
-    for size, g in zip((1, 10, 100, 1000), gas[1:]):
+    for size, g in zip((1, 10, 100, 1000), gas[1:], strict=False):
         GAS_REPORT[size] = g
     per_event_single = gas[1]  # one anchor() per event (not the contract's first batch)
     with capsys.disabled():

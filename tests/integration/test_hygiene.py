@@ -157,7 +157,7 @@ def test_slow_body_client_that_trickles_is_cut_off_with_408(server) -> None:
             try:
                 sock.sendall(bytes([byte]))
                 raw += sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except (BrokenPipeError, ConnectionResetError):
                 break

@@ -49,7 +49,7 @@ def test_keygen_writes_a_0600_file_and_prints_kid_and_path(tmp_path: Path) -> No
 
 def test_keygen_under_a_permissive_umask_still_writes_0600(tmp_path: Path) -> None:
     out = tmp_path / "oidc.json"
-    proc = subprocess.run(f"umask 000 && exec {cli_path()} keygen --purpose oidc --out {out}", shell=True,
+    proc = subprocess.run(f"umask 000 && exec {cli_path()} keygen --purpose oidc --out {out}", shell=True,  # noqa: S602  the shell sets a umask
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o600

@@ -75,7 +75,7 @@ def test_sigkill_mid_stream_leaves_a_verifiable_ledger_with_every_ack(tmp_path: 
     db = tmp_path / "ledger.sqlite"
     acked: dict[int, str] = {}
     rng = random.Random(round_)
-    for attempt in range(2):  # kill the writer twice on the same file: recovery then more appends
+    for _attempt in range(2):  # kill the writer twice on the same file: recovery then more appends
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.integration.crash_writer", str(db), "8"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
@@ -229,9 +229,10 @@ def test_grant_create_list_revoke_round_trip(broker: Broker) -> None:
 
 
 def test_grant_audit_proof_verifies_offline_with_the_recorded_public_key(broker: Broker) -> None:
-    from api.signing import verify_audit_proof
-    from api.keys import public_key_from_jwk
     import jwt as pyjwt
+
+    from api.keys import public_key_from_jwk
+    from api.signing import verify_audit_proof
 
     master, daemon = Wallet(), Wallet()
     g = broker.grant(broker.session(master), daemon)
@@ -258,9 +259,15 @@ def test_grant_create_refusals(broker: Broker) -> None:
     assert broker.client.post("/v1/grant/create", json=body, headers=auth(jwt)).status_code == 200
     assert broker.client.post("/v1/grant/create", json=body).status_code == 401
     assert broker.client.post("/v1/grant/create", json={**body, "expires_at": 1}, headers=auth(jwt)).status_code == 400
-    assert broker.client.post("/v1/grant/create", json={**body, "scope_path": "agentkeys-dev/*"}, headers=auth(jwt)).status_code == 400
+    assert (
+        broker.client.post("/v1/grant/create", json={**body, "scope_path": "agentkeys-dev/*"}, headers=auth(jwt)).status_code
+        == 400
+    )
     assert broker.client.post("/v1/grant/create", json={**body, "max_uses": 0}, headers=auth(jwt)).status_code == 400
-    assert broker.client.post("/v1/grant/create", json={**body, "daemon_address": master.address}, headers=auth(jwt)).status_code == 400
+    assert (
+        broker.client.post("/v1/grant/create", json={**body, "daemon_address": master.address}, headers=auth(jwt)).status_code
+        == 400
+    )
 
 
 @pytest.mark.parametrize("case", ["revoked", "expired", "exhausted", "other_service", "other_daemon", "scope"])
@@ -342,7 +349,7 @@ def test_request_id_replay_is_409_and_sts_is_called_once(broker: Broker, pair) -
 @pytest.mark.parametrize("delta", [timedelta(seconds=-301), timedelta(seconds=301)])
 def test_stale_issued_at_is_refused(broker: Broker, pair, delta: timedelta) -> None:
     *_, daemon, dj, _ = pair
-    issued = (datetime.now(timezone.utc) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
+    issued = (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
     r = broker.mint(dj, signed_mint_body(daemon, issued_at=issued))
     assert r.status_code == 400 and r.json()["reason"] == "stale_request"
     assert broker.minter.calls == 0
@@ -491,6 +498,7 @@ policy_template = "ddb.json"
 
 def test_after_mints_audit_verify_passes(broker: Broker, pair) -> None:
     import subprocess
+
     from tests.conftest import ROOT, cli_path
 
     *_, daemon, dj, _ = pair

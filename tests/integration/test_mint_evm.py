@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from anchors.evm import check_contiguity, read_chain_batches
 from anchors import chain_tools
+from anchors.evm import check_contiguity, read_chain_batches
 from api.cli import start_dev_chain
 from api.config import BootFailure, BrokerConfig
 from api.runtime import Services
@@ -206,8 +206,9 @@ def test_contract_migration_is_recorded_and_audit_spans_both_contracts(tmp_path:
     w3 = Web3(Web3.HTTPProvider(chain["rpc_url"]))
     old = chain_tools.contract_at(w3, chain["contract_address"])
     last = old.functions.lastSeq().call()
-    from anchors.dev_chain import WELL_KNOWN_KEYS
     from eth_account import Account
+
+    from anchors.dev_chain import WELL_KNOWN_KEYS
 
     payer = Account.from_key(WELL_KNOWN_KEYS[0])
     new = chain_tools.deploy(w3, payer, payer.address, start_seq=last + 1)

@@ -38,10 +38,11 @@ import json
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -58,7 +59,7 @@ from tests.support import LiveServer, Wallet, broker_env, ns, omni_of, remember_
 
 FUZZ_MASTER = Wallet(bytes.fromhex("11" * 32))  # fixed, so the strategies can name its namespace
 FUZZ_MASTER_OMNI = omni_of(FUZZ_MASTER)
-from tests.support_moto import sts_env
+from tests.support_moto import sts_env  # noqa: E402  after the module-level hypothesis settings/strategies above
 
 MINT = "/v1/mint-aws-creds"
 BODY_LIMIT = 65536
@@ -228,7 +229,7 @@ wild_request_ids = st.one_of(
 
 
 def iso(delta_s: float, fmt: str) -> str:
-    return (datetime.now(timezone.utc) + timedelta(seconds=delta_s)).strftime(fmt)
+    return (datetime.now(UTC) + timedelta(seconds=delta_s)).strftime(fmt)
 
 
 # Each field: well-typed, plausible values (so examples get past the decoder into the signature,

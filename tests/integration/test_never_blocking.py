@@ -16,8 +16,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -181,7 +182,7 @@ def test_healthz_stays_instant_while_mints_wait_on_a_stopped_anvil(tmp_path: Pat
 
         best_p99 = None
         with stopped(chain["pid"]):
-            threads = [threading.Thread(target=mint_loop, args=(w, j)) for w, j in zip(wallets, jwts)]
+            threads = [threading.Thread(target=mint_loop, args=(w, j)) for w, j in zip(wallets, jwts, strict=False)]
             for t in threads:
                 t.start()
             time.sleep(0.3)
@@ -275,7 +276,7 @@ def test_sigkill_mid_mint_with_anvil_not_mining_leaves_no_authorization_without_
             except (httpx.TransportError, AssertionError):
                 pass
 
-        threads = [threading.Thread(target=mint, args=(w, j)) for w, j in zip(wallets, jwts)]
+        threads = [threading.Thread(target=mint, args=(w, j)) for w, j in zip(wallets, jwts, strict=False)]
         threads.append(threading.Thread(target=sign_in_cut_off, args=(Wallet(),)))
         for t in threads:
             t.start()

@@ -33,9 +33,13 @@ def ledger_file(tmp_path_factory) -> Path:
             for d in range(2):
                 daemon = f"0xd{i:035x}{d:04x}"
                 futures.append(
-                    led.submit(WalletBinding.stream_for(omni, daemon), 0, WalletBinding(WalletBinding.stream_for(omni, daemon)).bind(
-                        omni_account=omni, address=daemon, role="daemon", parent_address=master
-                    ))
+                    led.submit(
+                        WalletBinding.stream_for(omni, daemon),
+                        0,
+                        WalletBinding(WalletBinding.stream_for(omni, daemon)).bind(
+                            omni_account=omni, address=daemon, role="daemon", parent_address=master
+                        ),
+                    )
                 )
         for f in futures:
             f.result()
@@ -108,7 +112,8 @@ def test_paths_from_the_servers_environment(ledger_file: Path, tmp_path: Path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["projections", "rebuild", "nonsense"], "unknown projection 'nonsense' (known: wallets, grants, sessions, mints, quarantine, auth_requests)"),
+        (["projections", "rebuild", "nonsense"], "unknown projection 'nonsense' (known: wallets, grants, sessions, mints, "
+                                                 "quarantine, auth_requests)"),
         (["projections", "rebuild", "wallets", "--db", "/nonexistent/ledger.sqlite"], "ledger database not found"),
     ],
 )

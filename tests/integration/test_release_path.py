@@ -10,16 +10,15 @@ drifted between its former copies (issue 8).
 from __future__ import annotations
 
 import os
-import time
 import threading
+import time
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
-
-from ledger.ports import Readiness
 import pytest
 
+from ledger.ports import Readiness
 from tests.integration.test_legacy_bearer import WALLET, _Backend
 from tests.integration.test_mint import Broker, assert_no_credentials, build_services, make_pair
 from tests.support import LiveServer, broker_env, signed_mint_body

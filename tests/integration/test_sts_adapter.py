@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
+from api.config import BootFailure
 from api.moto_server import MotoServer, aws_client, bootstrap_dev_aws, dev_broker_env
 from api.sts import AssumeRoleRequest, BotoStsMinter, StartupCheckFailed, StsError, startup_check
 from api.sts_config import StsSettings, from_env
-from api.config import BootFailure
 from tests.support_moto import dev_aws, moto_endpoint, moto_server, sts_env  # noqa: F401 - fixtures
 
 WALLET = "0xAbC0000000000000000000000000000000000001"
@@ -308,7 +308,7 @@ def test_moto_server_lifecycle_and_bootstrap(tmp_path: Any) -> None:
 
 def test_moto_server_refuses_non_loopback() -> None:
     with pytest.raises(ValueError, match="loopback"):
-        MotoServer.start(host="0.0.0.0")
+        MotoServer.start(host="0.0.0.0")  # noqa: S104  the test checks that a non-loopback host is refused
 
 
 def test_reset_fixture_gives_a_clean_server(moto_endpoint: str) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import json
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -63,7 +63,7 @@ def test_start_returns_the_exact_siwe_message(client: httpx.Client) -> None:
     assert lines[3] == "Authenticate with AgentKeys broker."
     assert f"URI: {ISSUER}" in lines and "Version: 1" in lines and "Chain ID: 84532" in lines
     assert f"Nonce: {body['nonce']}" in lines
-    assert any(l.startswith("Issued At: ") for l in lines) and any(l.startswith("Expiration Time: ") for l in lines)
+    assert any(ln.startswith("Issued At: ") for ln in lines) and any(ln.startswith("Expiration Time: ") for ln in lines)
     assert lines[-2:] == ["Resources:", "- urn:agentkeys:client:agentkeys"]
     assert not msg.endswith("\n")
 
@@ -119,7 +119,9 @@ def test_zero_signature_is_rejected_and_consumes_the_challenge(live: LiveServer,
     body = start(client, w)
     r = client.post("/v1/auth/wallet/verify", json={"request_id": body["request_id"], "signature": "0x" + "00" * 65})
     assert r.status_code in (400, 401)
-    good = client.post("/v1/auth/wallet/verify", json={"request_id": body["request_id"], "signature": w.sign(body["siwe_message"])})
+    good = client.post(
+        "/v1/auth/wallet/verify", json={"request_id": body["request_id"], "signature": w.sign(body["siwe_message"])}
+    )
     assert good.status_code == 401  # §H 43: a failed verify burns the challenge
     reasons = [e["reason"] for e in events_of(live, "AuthFailed")]
     assert reasons == ["signature_zero", "challenge_consumed"]
@@ -148,7 +150,7 @@ def test_unknown_request_id_is_401(live: LiveServer, client: httpx.Client) -> No
 
 
 def test_expired_challenge_is_401(tmp_path: Path) -> None:
-    now = [datetime.now(timezone.utc).timestamp()]
+    now = [datetime.now(UTC).timestamp()]
     with make_live(tmp_path, clock=lambda: now[0]) as live, httpx.Client(base_url=live.url, timeout=30) as client:
         w = Wallet()
         body = start(client, w)
@@ -196,7 +198,7 @@ def test_signature_over_the_message_with_a_field_altered_is_rejected(client: htt
         "chain_id": msg.replace("Chain ID: 84532", "Chain ID: 8453"),
         "nonce": msg.replace(f"Nonce: {body['nonce']}", "Nonce: " + "0" * 32),
         "expiration": "\n".join(
-            l if not l.startswith("Expiration Time: ") else "Expiration Time: 2099-01-01T00:00:00Z" for l in msg.split("\n")),
+            ln if not ln.startswith("Expiration Time: ") else "Expiration Time: 2099-01-01T00:00:00Z" for ln in msg.split("\n")),
     }[field]
     assert altered != msg
     r = client.post("/v1/auth/wallet/verify", json={"request_id": body["request_id"], "signature": w.sign(altered)})
@@ -205,7 +207,9 @@ def test_signature_over_the_message_with_a_field_altered_is_rejected(client: htt
 
 def test_signature_by_another_wallet_is_rejected(client: httpx.Client) -> None:
     body = start(client, Wallet())
-    r = client.post("/v1/auth/wallet/verify", json={"request_id": body["request_id"], "signature": Wallet().sign(body["siwe_message"])})
+    r = client.post(
+        "/v1/auth/wallet/verify", json={"request_id": body["request_id"], "signature": Wallet().sign(body["siwe_message"])}
+    )
     assert r.status_code == 401 and r.json()["reason"] == "address_mismatch"
 
 
@@ -255,7 +259,7 @@ def test_after_a_sign_in_audit_verify_passes_and_shows_the_auth_events_in_order(
     assert report["valid"] is True and report["findings"] == []
     export = tmp_path / "export.jsonl"
     subprocess.run([cli_path(), "audit", "export", "--db", str(db), "--out", str(export)], check=True, timeout=60)
-    types = [json.loads(l)["type"] for l in export.read_text().splitlines()[1:]]
+    types = [json.loads(ln)["type"] for ln in export.read_text().splitlines()[1:]]
     assert types == ["SigningKeyRotated", "SigningKeyRotated", "AuthChallengeIssued", "WalletBound",
                      "AuthSucceeded", "SessionIssued"]
     assert report["head"]["seq"] == body["seq"]

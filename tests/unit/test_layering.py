@@ -44,7 +44,8 @@ def test_importing_the_ledger_loads_no_outer_package() -> None:
         "import sys, importlib, pkgutil, ledger\n"
         "for m in pkgutil.walk_packages(ledger.__path__, 'ledger.'):\n"
         "    importlib.import_module(m.name)\n"
-        "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('api','workers','projections','anchors','litestar','web3','sqlalchemy','boto3','botocore','httpx','apscheduler'))\n"
+        "bad = sorted(n for n in sys.modules if n.split('.')[0] in "
+        "('api','workers','projections','anchors','litestar','web3','sqlalchemy','boto3','botocore','httpx','apscheduler'))\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

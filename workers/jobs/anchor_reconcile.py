@@ -7,7 +7,7 @@ an anchor that was down). Comparing what the anchors hold with the ledger is the
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from ledger.app import Ledger
 from ledger.ports import Anchor

@@ -4,7 +4,7 @@ until the reconciler issue makes it a leased job of its own kind."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ledger.app import Ledger
 from ledger.services.outcome_sweep import PeriodicSweep, Positions

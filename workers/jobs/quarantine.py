@@ -5,9 +5,9 @@ whose asynchronous anchor has not confirmed it within the confirm deadline becom
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable, Sequence
+from datetime import UTC, datetime
 
 from ledger.aggregates import MintRequest, QuarantineCase
 from ledger.app import Ledger
@@ -21,7 +21,7 @@ class QuarantineResult:
 
 
 def _at(record_at: str) -> float:
-    return datetime.strptime(record_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(record_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def run(
@@ -38,7 +38,8 @@ def run(
     positions = {name: upto() for name, upto in async_anchors}
     start = min(positions.values())
     cutoff = now() - deadline_s
-    scanned, opened = 0, []
+    scanned = 0
+    opened: list[str] = []
     after = start
     while True:
         records = ledger.read(after, page)
@@ -62,7 +63,7 @@ def run(
                 wallet=record.data["wallet"], reason="anchor_deadline", missing_anchors=missing,
                 expiration=record.data["expiration"],
             )
-            _, written = ledger.execute(QuarantineCase, QuarantineCase.stream_for(record.seq), lambda agg: agg.open(event))
+            _, written = ledger.execute(QuarantineCase, QuarantineCase.stream_for(record.seq), lambda agg: agg.open(event))  # noqa: B023  lambda runs synchronously inside this iteration
             if written:
                 opened.append(event.case_id)
     return QuarantineResult(scanned, opened)

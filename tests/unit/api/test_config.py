@@ -35,11 +35,15 @@ def test_home_default(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "env,line",
     [
-        ({"BROKER_LEDGER_BATCH_MAX": "0"}, 'BOOT_FAIL: BROKER_LEDGER_BATCH_MAX="0": must be an integer in [1, 10000]; see runbook §ledger-batching'),
-        ({"BROKER_LEDGER_BATCH_MAX": "abc"}, 'BOOT_FAIL: BROKER_LEDGER_BATCH_MAX="abc": must be an integer in [1, 10000]; see runbook §ledger-batching'),
-        ({"BROKER_LEDGER_BATCH_MAX_WAIT_MS": "5000"}, 'BOOT_FAIL: BROKER_LEDGER_BATCH_MAX_WAIT_MS="5000": must be an integer in [0, 1000]; see runbook §ledger-batching'),
+        ({"BROKER_LEDGER_BATCH_MAX": "0"}, 'BOOT_FAIL: BROKER_LEDGER_BATCH_MAX="0": must be an integer in [1, 10000]; see '
+                                           'runbook §ledger-batching'),
+        ({"BROKER_LEDGER_BATCH_MAX": "abc"}, 'BOOT_FAIL: BROKER_LEDGER_BATCH_MAX="abc": must be an integer in [1, 10000]; see '
+                                             'runbook §ledger-batching'),
+        ({"BROKER_LEDGER_BATCH_MAX_WAIT_MS": "5000"}, 'BOOT_FAIL: BROKER_LEDGER_BATCH_MAX_WAIT_MS="5000": must be an integer in '
+                                                      '[0, 1000]; see runbook §ledger-batching'),
         ({"BROKER_AUDIT_ANCHORS": "foo"}, "see runbook §audit-anchor-not-compiled"),
-        ({"BROKER_AUDIT_ANCHORS": ","}, 'BOOT_FAIL: BROKER_AUDIT_ANCHORS=",": at least one audit anchor must be configured (default `sqlite`); see runbook §audit-anchor-empty'),
+        ({"BROKER_AUDIT_ANCHORS": ","}, 'BOOT_FAIL: BROKER_AUDIT_ANCHORS=",": at least one audit anchor must be configured '
+                                        '(default `sqlite`); see runbook §audit-anchor-empty'),
         ({"BROKER_DEV_MODE": "maybe"}, 'BOOT_FAIL: BROKER_DEV_MODE="maybe": must be true or false; see runbook §dev-mode'),
     ],
 )
@@ -55,7 +59,9 @@ def test_anchor_alias_evm_testnet_is_recognised_as_evm() -> None:
 
 
 def test_anchor_file_must_differ_from_the_ledger(tmp_path: Path) -> None:
-    c = BrokerConfig.from_env({**ISSUER, "BROKER_DATA_DIR": str(tmp_path), "BROKER_SQLITE_ANCHOR_DB": str(tmp_path / "ledger.sqlite")})
+    c = BrokerConfig.from_env(
+        {**ISSUER, "BROKER_DATA_DIR": str(tmp_path), "BROKER_SQLITE_ANCHOR_DB": str(tmp_path / "ledger.sqlite")}
+    )
     with pytest.raises(BootFailure, match="sqlite-anchor-db"):
         c.check_paths()
 
@@ -103,7 +109,8 @@ def test_runbook_configuration_table_is_generated_from_the_settings() -> None:
         ({"BROKER_AUTH_METHODS": ","}, "auth-method-empty", "at least one auth method"),
         ({"BROKER_AUTH_METHODS": " "}, "auth-method-empty", "at least one auth method"),
         ({"BROKER_AUTH_METHODS": "wallet_sig,foo"}, "auth-method-not-compiled", "'foo'"),
-        ({"BROKER_AUDIT_POLICY": "nonsense"}, "audit-policy", "unknown BROKER_AUDIT_POLICY: nonsense (expected dual_strict | sqlite_primary | evm_primary)"),
+        ({"BROKER_AUDIT_POLICY": "nonsense"}, "audit-policy", "unknown BROKER_AUDIT_POLICY: nonsense (expected dual_strict | "
+                                                              "sqlite_primary | evm_primary)"),
         ({"BROKER_AUDIT_POLICY": "evm_primary"}, "audit-policy", "needs the evm anchor"),
         ({"BROKER_SESSION_JWT_TTL_SECONDS": "59"}, "session-jwt-ttl", "[60, 86400]"),
         ({"BROKER_SIWE_CHAIN_IDS": "84532,abc"}, "siwe-chain-ids", "not a positive integer"),

@@ -180,7 +180,8 @@ def test_untagged_seed_file_loads_as_oidc_with_a_warning(tmp_path: Path, caplog:
         "[]",
         '{"kid": "k1", "purpose": "session"}',
         '{"purpose": "session", "private_key_pem": "x"}',
-        '{"kid": "k1", "purpose": "session", "private_key_pem": "-----BEGIN PRIVATE KEY-----\\ngarbage\\n-----END PRIVATE KEY-----\\n"}',
+        '{"kid": "k1", "purpose": "session", "private_key_pem": "-----BEGIN PRIVATE KEY-----\\ngarbage\\n-----END PRIVATE '
+        'KEY-----\\n"}',
         '{"kid": "bad kid with spaces", "purpose": "session", "private_key_pem": "x"}',
         '{"kid": "k1", "purpose": "both", "private_key_pem": "x"}',
         "",

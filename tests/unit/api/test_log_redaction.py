@@ -35,7 +35,10 @@ def test_jwts_and_bearer_tokens_are_scrubbed() -> None:
 
 
 def test_private_keys_are_scrubbed() -> None:
-    pem = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIIrYSSNQFaA2Hwf1duRSxKtLYX5CB04fSeQ6tF1aY/PuoAoGCCqGSM49\n-----END EC PRIVATE KEY-----"
+    pem = (
+        "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIIrYSSNQFaA2Hwf1duRSxKtLYX5CB04fSeQ6tF1aY/PuoAoGCCqGSM49\n"
+        "-----END EC PRIVATE KEY-----"
+    )
     jwk = '{"kty": "EC", "crv": "P-256", "x": "pubx", "y": "puby", "d": "cHJpdmF0ZS1zY2FsYXI"}'
     clean = scrub(f"key file {jwk} pem {pem} private_key=0x{'ab' * 32} password: hunter2hunter2")
     for secret in ("MHcCAQEEII", "cHJpdmF0ZS1zY2FsYXI", "ab" * 32, "hunter2hunter2"):

@@ -9,9 +9,9 @@ import pytest
 
 from api.auth.session_jwt import SessionSigner, verify_session_token
 from api.errors import refusal_kind
-from ledger.services.refusals import Refusal
 from api.keys import generate_keyfile, load_keyring
 from api.operator import OperatorAuth, PageSessions, token_operator_name
+from ledger.services.refusals import Refusal
 
 ISSUER = "https://broker.test.invalid"
 TOKEN = "tok-" + "a" * 40

@@ -8,6 +8,7 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
+from ledger.events import AuthFailureReason
 from ledger.signatures import (
     SECP256K1_N,
     Signature,
@@ -16,7 +17,6 @@ from ledger.signatures import (
     recover_personal_sign,
     verify_personal_sign,
 )
-from ledger.events import AuthFailureReason
 
 KEY = "0x" + "11" * 32
 ACCOUNT = Account.from_key(KEY)

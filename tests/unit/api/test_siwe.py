@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from eth_account import Account
@@ -34,7 +34,7 @@ ISSUER = "http://localhost:8080"
 DOMAIN, URI = "localhost:8080", "http://localhost:8080"
 CHAIN = 84532
 NONCE = "0123456789abcdef0123456789abcdef"
-ISSUED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+ISSUED = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 EXPIRES = ISSUED + timedelta(seconds=SIWE_TTL_SECONDS)
 ALLOWED = (84532, 8453)
 
@@ -183,7 +183,7 @@ _label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 _domains = st.builds(lambda labels, port: ".".join(labels) + (f":{port}" if port else ""),
                      st.lists(_label, min_size=1, max_size=4), st.one_of(st.none(), st.integers(1, 65535)))
 _times = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9998, 1, 1),
-                      timezones=st.just(timezone.utc))
+                      timezones=st.just(UTC))
 
 
 @settings(max_examples=200, deadline=None)

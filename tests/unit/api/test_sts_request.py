@@ -17,7 +17,7 @@ from botocore.exceptions import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api.session_policy import ScopeError
+from api.session_policy import S3_TEMPLATE, ScopeError
 from api.sts import (
     AssumeRoleRequest,
     BotoStsMinter,
@@ -33,7 +33,6 @@ from api.sts import (
     tag_value,
     to_sts_error,
 )
-from api.session_policy import S3_TEMPLATE
 from api.sts_config import StsSettings
 from ledger.catalogue import Catalogue, ServiceDef
 from ledger.ports import sts_session_name

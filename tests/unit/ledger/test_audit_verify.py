@@ -190,7 +190,10 @@ def test_each_absent_seq_is_missing() -> None:
     records = make_records(12)
     report = verify_records(by(records, 1, 2, 3, 9, 10, 11, 12))
     assert found(report) == [(s, "missing") for s in range(4, 9)]
-    assert verify_records(by(records, 3, 4)).findings == [Finding(1, "missing", "absent from the file"), Finding(2, "missing", "absent from the file")]
+    assert verify_records(by(records, 3, 4)).findings == [
+        Finding(1, "missing", "absent from the file"),
+        Finding(2, "missing", "absent from the file"),
+    ]
 
 
 def test_a_swap_is_one_reordered_record() -> None:
@@ -468,7 +471,10 @@ def test_a_state_that_is_not_json_is_modified(db: tuple[Path, list[dict[str, Any
     path, _ = db
     conn = sqlite3.connect(path)
     with conn:
-        conn.execute("UPDATE stored_events SET state = ? WHERE originator_id = ? AND originator_version = ?", (b"{oops", *_event_key(conn, 3)))
+        conn.execute(
+            "UPDATE stored_events SET state = ? WHERE originator_id = ? AND originator_version = ?",
+            (b"{oops", *_event_key(conn, 3)),
+        )
     conn.close()
     report = audit.verify_database(path)
     assert report.findings == [Finding(3, "modified", "malformed: stored event state is not a JSON object")]
@@ -479,7 +485,9 @@ def test_a_state_with_an_extra_key_or_a_retyped_column_is_malformed(db: tuple[Pa
     conn = sqlite3.connect(path)
     with conn:
         body = _ENC.encode({"at": records[1]["at"], "data": records[1]["data"], "x": 1})
-        conn.execute("UPDATE stored_events SET state = ? WHERE originator_id = ? AND originator_version = ?", (body, *_event_key(conn, 2)))
+        conn.execute(
+            "UPDATE stored_events SET state = ? WHERE originator_id = ? AND originator_version = ?", (body, *_event_key(conn, 2))
+        )
         conn.execute("UPDATE ledger_records SET hash = upper(hash) WHERE seq = 5")
     conn.close()
     report = audit.verify_database(path)
@@ -517,7 +525,12 @@ def test_export_writes_the_header_and_export_objects(db: tuple[Path, list[dict[s
     result = audit.export_ledger(path, out)
     assert (result.records, result.head_seq, result.head_hash) == (6, 6, records[-1]["hash"])
     lines = out.read_bytes().splitlines()
-    assert json.loads(lines[0]) == {"format": "agentkeys-ledger", "v": 1, "records": 6, "head": {"seq": 6, "hash": records[-1]["hash"]}}
+    assert json.loads(lines[0]) == {
+        "format": "agentkeys-ledger",
+        "v": 1,
+        "records": 6,
+        "head": {"seq": 6, "hash": records[-1]["hash"]},
+    }
     assert lines[1:] == [_ENC.encode(r) for r in records]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
@@ -546,7 +559,10 @@ def test_a_failed_export_leaves_no_file(db: tuple[Path, list[dict[str, Any]]], t
     path, _ = db
     conn = sqlite3.connect(path)
     with conn:
-        conn.execute("UPDATE stored_events SET state = ? WHERE originator_id = ? AND originator_version = ?", (b"{oops", *_event_key(conn, 4)))
+        conn.execute(
+            "UPDATE stored_events SET state = ? WHERE originator_id = ? AND originator_version = ?",
+            (b"{oops", *_event_key(conn, 4)),
+        )
     conn.close()
     out = tmp_path / "out" / "x.jsonl"
     out.parent.mkdir()
@@ -577,9 +593,17 @@ _values = st.recursive(
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=st.dictionaries(_ascii, _values, max_size=6), type_=_texts, stream=_texts, seq=st.integers(1, MAX_SAFE_INTEGER), version=st.integers(0, MAX_SAFE_INTEGER))
+@given(
+    data=st.dictionaries(_ascii, _values, max_size=6),
+    type_=_texts,
+    stream=_texts,
+    seq=st.integers(1, MAX_SAFE_INTEGER),
+    version=st.integers(0, MAX_SAFE_INTEGER),
+)
 def test_record_line_encoding_is_the_canonical_envelope(data: dict, type_: str, stream: str, seq: int, version: int) -> None:
-    env = make_envelope(seq=seq, type=type_, stream=stream, version=version, at="2026-11-29T05:00:00.000000Z", data=data, prev="ab" * 32)
+    env = make_envelope(
+        seq=seq, type=type_, stream=stream, version=version, at="2026-11-29T05:00:00.000000Z", data=data, prev="ab" * 32
+    )
     line = _ENC.encode({**env, "hash": record_hash(env)})
     rec = msgspec.json.decode(line, type=RecordLine)
     rec.hash = ""

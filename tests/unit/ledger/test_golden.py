@@ -18,7 +18,7 @@ import hashlib
 import json
 import sys
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,9 @@ GOLDEN_HEAD_HASH = "83c301623edd1cc6bff6ed48952576d5a21980dc50b5ca47465df0fd6a99
 STREAM_A = uuid.UUID("0b8f3c1e-1111-4d2e-9a55-7d4e0c2b9f10")
 STREAM_B = uuid.UUID("f00dcafe-2222-4abc-8def-0123456789ab")
 TIMES = [
-    datetime(2026, 11, 29, 5, 0, 0, 0, tzinfo=timezone.utc),
-    datetime(2026, 11, 29, 5, 0, 0, 123456, tzinfo=timezone.utc),
-    datetime(2026, 11, 29, 5, 0, 2, 500000, tzinfo=timezone.utc),
+    datetime(2026, 11, 29, 5, 0, 0, 0, tzinfo=UTC),
+    datetime(2026, 11, 29, 5, 0, 0, 123456, tzinfo=UTC),
+    datetime(2026, 11, 29, 5, 0, 2, 500000, tzinfo=UTC),
 ]
 
 
@@ -140,7 +140,7 @@ def test_canonical_bytes_and_hashes_are_pinned() -> None:
     canonical = golden_canonical()
     assert len(records) == len(canonical) == GOLDEN_HEAD_SEQ
     prev = GENESIS
-    for seq, (record, pinned) in enumerate(zip(records, canonical), start=1):
+    for seq, (record, pinned) in enumerate(zip(records, canonical, strict=False), start=1):
         env = envelope(record)
         assert (record["seq"], record["v"], record["prev"]) == (seq, 1, prev)
         assert canonical_bytes(env) == pinned
@@ -152,14 +152,14 @@ def test_canonical_bytes_and_hashes_are_pinned() -> None:
 def test_cross_check_with_rfc8785_and_hashlib() -> None:
     """Independent of the project's encoder and chain module: the reference RFC 8785
     implementation and a literal domain tag."""
-    for record, pinned in zip(golden_records(), golden_canonical()):
+    for record, pinned in zip(golden_records(), golden_canonical(), strict=False):
         env = envelope(record)
         assert rfc8785.dumps(env) == pinned
         assert hashlib.sha256(b"agentkeys.ledger.v1\x00" + pinned).hexdigest() == record["hash"]
 
 
 def test_export_lines_are_sorted_canonical_json_with_the_hash() -> None:
-    for line, record in zip(golden_lines()[1:], golden_records()):
+    for line, record in zip(golden_lines()[1:], golden_records(), strict=False):
         assert line == rfc8785.dumps(record)
 
 

@@ -118,7 +118,7 @@ def ref_verify(leaf_hash: bytes, m: int, n: int, proof: list[bytes], root: bytes
     if len(sides) != len(proof):
         return False
     r = leaf_hash
-    for side, p in zip(sides, proof):
+    for side, p in zip(sides, proof, strict=False):
         r = _h(b"\x01" + p + r) if side == "L" else _h(b"\x01" + r + p)
     return r == root
 

@@ -5,7 +5,7 @@ plain numbers (the sweep takes them as functions); time is a settable clock."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ DEADLINE_S = 10.0
 
 class Clock:
     def __init__(self) -> None:
-        self.now = datetime(2026, 12, 1, 12, 0, 0, tzinfo=timezone.utc)
+        self.now = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         return self.now

@@ -188,7 +188,7 @@ def test_a_whole_forged_batch_passes_offline_only() -> None:
     """A forger can always build a self-consistent bundle over a fake tree: offline checks cannot
     catch it. (The on-chain check does: tests/integration/test_chain_audit.py.)"""
     forged = make_chain(len(BATCHES[1]), fork="forged", start=BATCHES[1][0].seq, prev=CHAIN[0].hash)
-    assert all(f.hash != r.hash for f, r in zip(forged, BATCHES[1]))
+    assert all(f.hash != r.hash for f, r in zip(forged, BATCHES[1], strict=False))
     assert proofs.verify_bundle_offline(batch_bundle(forged, forged[2].seq)) == []
 
 
@@ -250,7 +250,9 @@ def test_build_refuses_records_that_do_not_recompute_the_anchored_batch() -> Non
     with pytest.raises(proofs.LedgerMismatch, match="chain head"):
         proofs.build_bundle(by_seq, first, proofs.AnchoredBatch(root, first, last, bytes(32)))
     with pytest.raises(proofs.LedgerMismatch, match="lacks seq"):
-        proofs.build_bundle({s: r for s, r in by_seq.items() if s != first + 1}, first, proofs.AnchoredBatch(root, first, last, head))
+        proofs.build_bundle(
+            {s: r for s, r in by_seq.items() if s != first + 1}, first, proofs.AnchoredBatch(root, first, last, head)
+        )
     rewritten = {**by_seq, first: {**recs[0].export_object(), "data": {"changed": 1}}}
     with pytest.raises(proofs.LedgerMismatch, match="does not match its own hash"):
         proofs.build_bundle(rewritten, first, proofs.AnchoredBatch(root, first, last, head))
@@ -270,7 +272,19 @@ def test_ledger_proofs_imports_stay_inside_ledger() -> None:
             for n in ast.walk(tree)
             if isinstance(n, ast.ImportFrom)
         } | {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        allowed = {".", "__future__", "collections", "copy", "dataclasses", "hashlib", "hmac", "re", "typing", "msgspec", "ledger"}
+        allowed = {
+            ".",
+            "__future__",
+            "collections",
+            "copy",
+            "dataclasses",
+            "hashlib",
+            "hmac",
+            "re",
+            "typing",
+            "msgspec",
+            "ledger",
+        }
         assert mods <= allowed, (name, mods)
 
 
@@ -306,7 +320,7 @@ def test_the_auditor_guides_stdlib_snippet_agrees() -> None:
     m = re.search(r"<!-- snippet: verify-bundle[^>]*-->\n```python\n(.*?)```", text, re.S)
     assert m, "the snippet is missing from docs/auditor-guide.md"
     ns: dict[str, Any] = {}
-    exec(compile(m.group(1), "auditor-guide snippet", "exec"), ns)
+    exec(compile(m.group(1), "auditor-guide snippet", "exec"), ns)  # noqa: S102  runs the documented snippet from our own guide
     verify = ns["verify_bundle"]
     for b in BATCHES:
         for r in b:

@@ -4,7 +4,7 @@ moto's IAM)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,7 +16,7 @@ from ledger.services.quarantine import QuarantineRefusal, QuarantineService
 from ledger.services.refusals import Refusal
 
 ROLE = "arn:aws:iam::123456789012:role/agentkeys-data-role"
-NOW = datetime(2026, 12, 1, 18, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, 18, 0, 0, tzinfo=UTC)
 
 
 class RecordingKillSwitch:
